@@ -1,0 +1,564 @@
+/**
+ * The standalone verifier. It imports nothing from governor/, runtime/ or
+ * quarantine/ so an auditor can read it alone, checks a bundle step by step,
+ * and returns a report; hostile data yields failed steps, never a throw.
+ *
+ * Pass 1 reads every top-level member except `receipts` (bounded by
+ * BUNDLE_LIMITS); pass 2 streams the receipts through a worker pool that
+ * parses and verifies signatures in parallel, while this thread checks order,
+ * linkage and epochs and folds leaves into a Merkle accumulator. Memory is
+ * bounded by the header plus a few batches, not by the number of receipts.
+ */
+import { availableParallelism } from "node:os";
+import { Ajv2020 } from "ajv/dist/2020.js";
+import { parseCheckpoint } from "../checkpoint.js";
+import { fromBase64 } from "../encoding.js";
+import { isCmcpError } from "../errors.js";
+import type { BundleHeader } from "../evidence-bundle.js";
+import { keyId } from "../keys.js";
+import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
+import { openNote } from "../signed-note.js";
+import { parseJson } from "../strict-json.js";
+import { CallSummaryBuilder, reportDataForKey, verifyClaimSignature, type TraceClaim } from "../trace-claim.js";
+import bundleSchema from "../schemas/evidence-bundle-v1.schema.json" with { type: "json" };
+import { scanBundle, BUNDLE_LIMITS } from "./bundle-reader.js";
+import { checkBatch, type ReceiptBatch, type ReceiptCheck, type ReceiptFacts } from "./check-receipt.js";
+
+export type StepStatus = "pass" | "fail" | "warn" | "skip";
+
+export interface StepResult {
+  n: number;
+  id: StepId;
+  title: string;
+  status: StepStatus;
+  detail: string;
+  /** The first offending record, when a record caused the failure. */
+  record?: { kind: "receipt" | "checkpoint" | "claim" | "inclusion_proof" | "consistency_proof" | "key"; index: number; seq?: number };
+  failures: number;
+}
+
+export interface VerifyReport {
+  /** True when every step passed (anchoring may be a warning only with allowUnanchored). */
+  ok: boolean;
+  /** True when the input could not be read as a bundle at all (CLI exit 2). */
+  unreadable: boolean;
+  anchored: boolean;
+  summary: string;
+  steps: StepResult[];
+  counts: { receipts: number; epochs: number; checkpoints: number; claims: number; inclusionProofs: number };
+}
+
+export interface VerifyOptions {
+  /** Key IDs (hex), raw public keys (base64) or signed-note verifier keys the auditor trusts. */
+  trustedKeys?: string[];
+  allowUnanchored?: boolean;
+  policyHash?: string;
+  catalogHash?: string;
+  /** Worker threads for signature checks; 0 checks in this thread. Default: one per core. */
+  workers?: number;
+  /** Bundles with fewer receipts than this are checked in this thread (worker start-up costs more). */
+  parallelThreshold?: number;
+  batchSize?: number;
+}
+
+const STEPS = [
+  ["bundle", "Bundle structure"],
+  ["keys", "Signer keys are anchored by a trusted key"],
+  ["receipts", "Receipt schema and signatures"],
+  ["chain", "Chain linkage, sequence and epochs"],
+  ["checkpoints", "Checkpoint signatures"],
+  ["roots", "Checkpoint roots match the receipts"],
+  ["consistency", "Consistency between checkpoints"],
+  ["inclusion", "Inclusion proofs against checkpoints"],
+  ["claims", "TRACE claims"],
+  ["approved", "Approved policy and catalog hashes"],
+] as const;
+export type StepId = (typeof STEPS)[number][0];
+
+class Step {
+  status: StepStatus = "pass";
+  detail = "";
+  record: StepResult["record"];
+  failures = 0;
+  notes: string[] = [];
+
+  fail(detail: string, record?: StepResult["record"]): void {
+    this.failures++;
+    if (this.status !== "fail") {
+      this.status = "fail";
+      this.detail = detail;
+      this.record = record;
+    }
+  }
+}
+
+const ajv = new Ajv2020({ strict: true, strictRequired: false, strictTypes: false });
+const validateHeader = ajv.compile<BundleHeader>(bundleSchema);
+
+function describe(err: unknown): string {
+  return isCmcpError(err) ? err.message : err instanceof Error ? err.message : String(err);
+}
+
+function recordName(kind: string, index: number, seq?: number): string {
+  return seq !== undefined ? `${kind} seq ${seq}` : `${kind} #${index}`;
+}
+
+export async function verifyBundleFile(path: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const steps = new Map<StepId, Step>(STEPS.map(([id]) => [id, new Step()]));
+  const step = (id: StepId) => steps.get(id)!;
+  const counts = { receipts: 0, epochs: 0, checkpoints: 0, claims: 0, inclusionProofs: 0 };
+
+  // Pass 1: header members.
+  const members = new Map<string, unknown>();
+  let receiptCount = 0;
+  try {
+    const scan = await scanBundle(path, {
+      wantReceipts: false,
+      member(key, value) {
+        members.set(key, parseJson(value, { maxBytes: BUNDLE_LIMITS.maxMemberBytes, maxDepth: 64 }));
+      },
+    });
+    receiptCount = scan.receipts;
+    if (!scan.hasReceipts) return unreadable(steps, counts, 'not a cmcp evidence bundle: no "receipts" member');
+  } catch (err) {
+    return unreadable(steps, counts, `cannot read bundle: ${describe(err)}`);
+  }
+  const header = Object.fromEntries(members);
+  if (!validateHeader(header)) {
+    const e = validateHeader.errors?.[0];
+    return unreadable(steps, counts, `not a cmcp evidence bundle: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`);
+  }
+  const h = header as unknown as BundleHeader;
+  counts.receipts = receiptCount;
+  counts.claims = h.claims.length;
+  counts.inclusionProofs = h.inclusion_proofs.length;
+  step("bundle").detail = `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
+
+  // Keys: well-formed, and anchored by something the auditor supplied.
+  const keys = new Map<string, Uint8Array>();
+  h.keys.forEach((k, index) => {
+    try {
+      const pub = fromBase64(k.public_key, 32);
+      if (keyId(pub) !== k.kid) step("keys").fail(`key ${k.kid}: kid is not the SHA-256 of its public key`, { kind: "key", index });
+      else if (keys.has(k.kid)) step("keys").fail(`key ${k.kid} is listed twice`, { kind: "key", index });
+      else keys.set(k.kid, pub);
+    } catch (err) {
+      step("keys").fail(`key #${index}: ${describe(err)}`, { kind: "key", index });
+    }
+  });
+  const trusted = resolveTrusted(options.trustedKeys ?? [], step("keys"));
+
+  // Checkpoints: open each note with every bundle key under the bundle's origin.
+  interface Cp {
+    index: number;
+    size: number;
+    root: Uint8Array;
+  }
+  const verifiers = [...keys.values()].map((publicKey) => ({ name: h.origin, publicKey }));
+  const checkpoints: Cp[] = [];
+  h.checkpoints.forEach((note, index) => {
+    const opened = openNote(note, verifiers);
+    if (!opened.ok) return step("checkpoints").fail(`checkpoint #${index}: ${opened.reason}`, { kind: "checkpoint", index });
+    const parsed = parseCheckpoint(opened.text);
+    if (!parsed.ok) return step("checkpoints").fail(`checkpoint #${index}: ${parsed.reason}`, { kind: "checkpoint", index });
+    const cp = parsed.checkpoint;
+    if (cp.origin !== h.origin) {
+      return step("checkpoints").fail(`checkpoint #${index}: origin "${cp.origin}" is not the bundle's "${h.origin}"`, { kind: "checkpoint", index });
+    }
+    const size = Number(cp.size);
+    const prev = checkpoints[checkpoints.length - 1];
+    if (prev && size <= prev.size) {
+      return step("checkpoints").fail(`checkpoint #${index}: size ${size} does not grow past ${prev.size}`, { kind: "checkpoint", index });
+    }
+    if (size > receiptCount) {
+      return step("checkpoints").fail(`checkpoint #${index}: size ${size} exceeds the ${receiptCount} receipts in the bundle`, { kind: "checkpoint", index });
+    }
+    checkpoints.push({ index, size, root: cp.rootHash });
+  });
+  counts.checkpoints = checkpoints.length;
+  const cpBySize = new Map(checkpoints.map((c) => [c.size, c]));
+
+  // What the receipt stream must capture for later steps.
+  const wantLeaf = new Set<number>(h.inclusion_proofs.map((p) => p.seq));
+  const leafAt = new Map<number, Uint8Array>();
+  const rootAt = new Map<number, Uint8Array>();
+  const tipAt = new Map<number, string>();
+  const sizesOfInterest = new Set<number>([...checkpoints.map((c) => c.size), ...h.claims.map((c) => c.checkpoint.size)]);
+  const claimSummaries = h.claims.map((c) => ({ size: c.checkpoint.size, builder: new CallSummaryBuilder(c.session_id) }));
+  const policyHashes = new Set<string>();
+  const catalogHashes = new Set<string>();
+  const introducedAt = new Map<string, number>();
+
+  // Pass 2: receipts, in order.
+  const acc = new MerkleAccumulator();
+  const chain = step("chain");
+  const receiptsStep = step("receipts");
+  let expectedSeq = 0;
+  let prevHash: string | null = null;
+  let epoch = -1;
+  let epochKid: string | null = null;
+  let lastTs = "";
+  let lastCheckpointData: { size: number; root_hash: string } | null = null;
+  let tipSeq = -1;
+  let brokenAt = -1;
+
+  const consume = (check: ReceiptCheck) => {
+    if (!check.ok) {
+      receiptsStep.fail(`${recordName("receipt", check.index, check.seq)}: ${check.reason}`, {
+        kind: "receipt",
+        index: check.index,
+        ...(check.seq !== undefined ? { seq: check.seq } : {}),
+      });
+      // Without a trustworthy entry the chain and Merkle tree cannot continue.
+      if (brokenAt < 0) {
+        brokenAt = check.index;
+        chain.fail(`chain cannot be followed past receipt #${check.index}, which failed its own checks`, { kind: "receipt", index: check.index });
+      }
+      return;
+    }
+    if (brokenAt >= 0) return;
+    const f: ReceiptFacts = check.facts;
+    const rec = { kind: "receipt" as const, index: check.index, seq: f.seq };
+    const where = recordName("receipt", check.index, f.seq);
+    if (f.seq !== expectedSeq) chain.fail(`${where}: expected seq ${expectedSeq} (receipts missing, duplicated or reordered)`, rec);
+    if (f.prev !== prevHash) chain.fail(`${where}: prev does not match the hash of the previous entry`, rec);
+    if (f.type === "epoch_start") {
+      const es = f.epochStart!;
+      const expectedEpoch = epoch + 1;
+      if (f.epoch !== expectedEpoch) chain.fail(`${where}: epoch_start numbers epoch ${f.epoch}, expected ${expectedEpoch}`, rec);
+      if (introducedAt.has(f.kid)) chain.fail(`${where}: key ${f.kid} was already introduced by an earlier epoch`, rec);
+      if (es.previous === null) {
+        if (f.seq !== 0) chain.fail(`${where}: epoch_start claims no previous epoch but is not the first receipt`, rec);
+      } else if (
+        es.previous.kid !== epochKid ||
+        es.previous.epoch !== epoch ||
+        es.previous.tip_seq !== tipSeq ||
+        es.previous.tip_hash !== prevHash ||
+        !sameCheckpoint(es.previous.checkpoint, lastCheckpointData)
+      ) {
+        chain.fail(`${where}: epoch_start does not describe the previous epoch's key, tip and last checkpoint`, rec);
+      }
+      introducedAt.set(f.kid, f.seq);
+      epoch = f.epoch;
+      epochKid = f.kid;
+      lastTs = "";
+      counts.epochs++;
+    } else {
+      if (epochKid === null) chain.fail(`${where}: the chain does not begin with an epoch_start receipt`, rec);
+      else if (f.kid !== epochKid || f.epoch !== epoch) chain.fail(`${where}: signed by ${f.kid} in epoch ${f.epoch}, but epoch ${epoch} uses key ${epochKid}`, rec);
+    }
+    if (f.ts < lastTs) chain.fail(`${where}: timestamp goes backwards within an epoch`, rec);
+    lastTs = f.ts;
+    if (f.type === "checkpoint") {
+      const cd = f.checkpoint!;
+      const root = rootAt.get(cd.size);
+      if (cd.origin !== h.origin) chain.fail(`${where}: checkpoint receipt names origin "${cd.origin}"`, rec);
+      else if (cd.size > f.seq) chain.fail(`${where}: checkpoint receipt covers ${cd.size} entries, beyond its own position`, rec);
+      else if (!root) chain.fail(`${where}: the bundle has no checkpoint note of size ${cd.size} for this checkpoint receipt`, rec);
+      else if (Buffer.from(root).toString("hex") !== cd.root_hash) chain.fail(`${where}: checkpoint receipt's root does not match the receipts before it`, rec);
+      lastCheckpointData = { size: cd.size, root_hash: cd.root_hash };
+    }
+    if (f.policy.bundle_hash) policyHashes.add(f.policy.bundle_hash);
+    if (f.policy.catalog_hash) catalogHashes.add(f.policy.catalog_hash);
+    for (const c of claimSummaries) if (f.seq < c.size) c.builder.add(f);
+    if (wantLeaf.has(f.seq)) leafAt.set(f.seq, f.leafHash);
+    acc.append(f.leafHash);
+    if (sizesOfInterest.has(acc.size)) {
+      rootAt.set(acc.size, acc.root());
+      tipAt.set(acc.size, f.entryHash);
+    }
+    prevHash = f.entryHash;
+    tipSeq = f.seq;
+    expectedSeq++;
+  };
+
+  try {
+    await streamReceipts(path, receiptCount, keys, options, consume);
+  } catch (err) {
+    return unreadable(steps, counts, `cannot read receipts: ${describe(err)}`);
+  }
+  if (receiptCount === 0) chain.fail("the bundle holds no receipts");
+
+  // Keys: every listed key must be introduced on the chain, and anchored.
+  for (const kid of keys.keys()) {
+    if (!introducedAt.has(kid) && brokenAt < 0) step("keys").fail(`key ${kid} is not introduced by any epoch_start receipt`, { kind: "key", index: h.keys.findIndex((k) => k.kid === kid) });
+  }
+  const unanchored = [...keys.keys()].filter((kid) => !trusted.has(kid));
+  const anchored = keys.size > 0 && unanchored.length === 0;
+  const keysStep = step("keys");
+  if (keysStep.status !== "fail") {
+    if (anchored) keysStep.detail = `${keys.size} key(s), all anchored by --key`;
+    else {
+      const msg = `${unanchored.length} of ${keys.size} signer key(s) not anchored by any trusted key: ${unanchored.map((k) => k.slice(0, 16)).join(", ")}`;
+      if (options.allowUnanchored) {
+        keysStep.status = "warn";
+        keysStep.detail = `${msg} (allowed by --allow-unanchored)`;
+      } else keysStep.fail(`${msg}; pass --key with a key or key ID you trust, or --allow-unanchored`);
+    }
+  }
+
+  // Roots.
+  const roots = step("roots");
+  for (const cp of checkpoints) {
+    const got = rootAt.get(cp.size);
+    if (!got) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`, { kind: "checkpoint", index: cp.index });
+    else if (!Buffer.from(got).equals(Buffer.from(cp.root))) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): root does not match the receipts`, { kind: "checkpoint", index: cp.index });
+  }
+  if (h.checkpoints.length === 0) roots.fail("the bundle holds no checkpoint");
+  else if (roots.status === "pass") roots.detail = `${checkpoints.length} checkpoint root(s) recomputed from the receipts`;
+
+  // Consistency proofs between consecutive checkpoints.
+  const consistency = step("consistency");
+  const provided = new Map(h.consistency_proofs.map((p, i) => [`${p.old_size}:${p.new_size}`, { p, i }]));
+  for (let i = 1; i < checkpoints.length; i++) {
+    const a = checkpoints[i - 1]!;
+    const b = checkpoints[i]!;
+    const entry = provided.get(`${a.size}:${b.size}`);
+    if (!entry) {
+      consistency.fail(`no consistency proof from checkpoint size ${a.size} to ${b.size}`, { kind: "checkpoint", index: b.index });
+      continue;
+    }
+    const proof = decodeProof(entry.p.proof);
+    const res = proof ? verifyConsistency({ oldSize: a.size, newSize: b.size, oldRoot: a.root, newRoot: b.root, proof }) : { ok: false as const, reason: "proof hashes are not canonical base64" };
+    if (!res.ok) consistency.fail(`consistency proof ${a.size} -> ${b.size}: ${res.reason}`, { kind: "consistency_proof", index: entry.i });
+  }
+  if (checkpoints.length < 2 && consistency.status === "pass") {
+    consistency.status = "skip";
+    consistency.detail = "fewer than two checkpoints";
+  }
+
+  // Inclusion proofs.
+  const inclusion = step("inclusion");
+  h.inclusion_proofs.forEach((p, index) => {
+    const cp = cpBySize.get(p.checkpoint_size);
+    const rec = { kind: "inclusion_proof" as const, index, seq: p.seq };
+    if (!cp) return inclusion.fail(`inclusion proof #${index}: no verified checkpoint of size ${p.checkpoint_size}`, rec);
+    const leaf = leafAt.get(p.seq);
+    if (!leaf) return inclusion.fail(`inclusion proof #${index}: receipt seq ${p.seq} is not in the bundle or failed its checks`, rec);
+    const proof = decodeProof(p.proof);
+    const res = proof ? verifyInclusion({ index: p.seq, size: cp.size, leafHash: leaf, proof, root: cp.root }) : { ok: false as const, reason: "proof hashes are not canonical base64" };
+    if (!res.ok) inclusion.fail(`inclusion proof #${index} for receipt seq ${p.seq}: ${res.reason}`, rec);
+  });
+  if (h.inclusion_proofs.length === 0 && inclusion.status === "pass") {
+    inclusion.status = "skip";
+    inclusion.detail = "no inclusion proofs in the bundle";
+  }
+
+  // Claims.
+  const claims = step("claims");
+  h.claims.forEach((c, index) => checkClaim(c, index, claimSummaries[index]!.builder, h, keys, cpBySize, rootAt, tipAt, claims));
+  if (h.claims.length === 0 && claims.status === "pass") {
+    claims.status = "skip";
+    claims.detail = "no TRACE claims in the bundle";
+  }
+
+  // Approved hashes.
+  const approved = step("approved");
+  const wanted: [string, string | undefined, Set<string>, (c: TraceClaim) => string | null, string | null | undefined][] = [
+    ["policy bundle", options.policyHash, policyHashes, (c) => c.policy_bundle.hash, h.policy_artifact?.bundle_hash],
+    ["catalog", options.catalogHash, catalogHashes, (c) => c.tool_catalog.hash, h.policy_artifact?.catalog_hash],
+  ];
+  let anyWanted = false;
+  for (const [label, want, seen, fromClaim, fromArtifact] of wanted) {
+    if (want === undefined) continue;
+    anyWanted = true;
+    const named = new Set(seen);
+    for (const c of h.claims) {
+      const v = fromClaim(c);
+      if (v) named.add(v);
+    }
+    if (fromArtifact) named.add(fromArtifact);
+    const others = [...named].filter((x) => x !== want);
+    if (named.size === 0) approved.fail(`no receipt, claim or artifact names a ${label} hash, so --${label === "catalog" ? "catalog" : "policy"}-hash cannot be confirmed`);
+    else if (others.length > 0) approved.fail(`${label} hash ${others[0]} is named in the bundle, not the approved ${want}`);
+  }
+  if (!anyWanted) {
+    approved.status = "skip";
+    approved.detail = "no --policy-hash or --catalog-hash given";
+  }
+
+  if (receiptsStep.status === "pass") receiptsStep.detail = `${receiptCount} receipts: schema and Ed25519 signatures valid`;
+  if (chain.status === "pass") chain.detail = `seq 0..${receiptCount - 1} linked, ${counts.epochs} epoch(s)`;
+  const cps = step("checkpoints");
+  if (cps.status === "pass") cps.detail = h.checkpoints.length ? `${checkpoints.length} checkpoint note(s) signed by bundle keys` : "no checkpoints";
+  if (inclusion.status === "pass") inclusion.detail = `${h.inclusion_proofs.length} inclusion proof(s) verified`;
+  if (consistency.status === "pass") consistency.detail = `${checkpoints.length - 1} consistency proof(s) verified`;
+  if (claims.status === "pass") claims.detail = `${h.claims.length} claim(s) signed and matching the chain`;
+  return finish(steps, counts, false, anchored);
+}
+
+function sameCheckpoint(a: { size: number; root_hash: string } | null, b: { size: number; root_hash: string } | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.size === b.size && a.root_hash === b.root_hash;
+}
+
+function decodeProof(proof: string[]): Uint8Array[] | null {
+  try {
+    return proof.map((p) => fromBase64(p, 32));
+  } catch {
+    return null;
+  }
+}
+
+function checkClaim(
+  c: TraceClaim,
+  index: number,
+  builder: CallSummaryBuilder,
+  h: BundleHeader,
+  keys: Map<string, Uint8Array>,
+  cpBySize: Map<number, { root: Uint8Array }>,
+  rootAt: Map<number, Uint8Array>,
+  tipAt: Map<number, string>,
+  step: Step,
+): void {
+  const rec = { kind: "claim" as const, index };
+  const where = `claim #${index} (session ${c.session_id})`;
+  const pub = keys.get(c.signing_key.kid);
+  if (!pub || Buffer.from(pub).toString("base64") !== c.signing_key.public_key) {
+    return step.fail(`${where}: signing key ${c.signing_key.kid} is not a bundle key`, rec);
+  }
+  if (!verifyClaimSignature(c, pub)) return step.fail(`${where}: signature does not verify`, rec);
+  if (c.attestation_report.report_data !== reportDataForKey(pub)) return step.fail(`${where}: report_data does not bind the signing key`, rec);
+  const cp = cpBySize.get(c.checkpoint.size);
+  if (!cp || c.checkpoint.origin !== h.origin || Buffer.from(cp.root).toString("hex") !== c.checkpoint.root_hash) {
+    return step.fail(`${where}: its checkpoint (size ${c.checkpoint.size}) is not a verified checkpoint of this bundle`, rec);
+  }
+  const root = rootAt.get(c.checkpoint.size);
+  if (!root || Buffer.from(root).toString("hex") !== c.audit_chain_root) return step.fail(`${where}: audit_chain_root does not match the receipts`, rec);
+  if (tipAt.get(c.checkpoint.size) !== c.audit_chain_tip) return step.fail(`${where}: audit_chain_tip is not the last receipt its checkpoint covers`, rec);
+  const s = builder.summary();
+  const cs = c.call_summary;
+  if (
+    s.tool_calls_total !== cs.tool_calls_total ||
+    s.allowed !== cs.allowed ||
+    s.denied !== cs.denied ||
+    s.tools_invoked.join("\u0000") !== cs.tools_invoked.join("\u0000")
+  ) {
+    return step.fail(
+      `${where}: call_summary (${cs.tool_calls_total} calls, ${cs.allowed} allowed, ${cs.denied} denied) does not match the receipts (${s.tool_calls_total}, ${s.allowed}, ${s.denied})`,
+      rec,
+    );
+  }
+}
+
+/** Accepts a key ID (64 hex), a raw public key (base64) or a signed-note verifier key. */
+function resolveTrusted(inputs: string[], step: Step): Set<string> {
+  const out = new Set<string>();
+  for (const raw of inputs) {
+    const t = raw.trim();
+    if (/^[0-9a-f]{64}$/.test(t)) {
+      out.add(t);
+      continue;
+    }
+    const vkey = t.split("+");
+    const b64 = vkey.length === 3 ? vkey[2]! : t;
+    try {
+      const bytes = fromBase64(b64);
+      const pub = bytes.length === 33 && bytes[0] === 0x01 ? bytes.subarray(1) : bytes;
+      out.add(keyId(pub));
+    } catch {
+      step.fail(`--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`);
+    }
+  }
+  return out;
+}
+
+async function streamReceipts(
+  path: string,
+  count: number,
+  keys: Map<string, Uint8Array>,
+  options: VerifyOptions,
+  consume: (c: ReceiptCheck) => void,
+): Promise<void> {
+  const keyList: [string, string][] = [...keys.entries()].map(([k, v]) => [k, Buffer.from(v).toString("base64")]);
+  const workers = options.workers ?? availableParallelism();
+  const threshold = options.parallelThreshold ?? 4096;
+  const batchSize = options.batchSize ?? 512;
+  const pool = workers > 0 && count >= threshold ? await createPool(workers) : null;
+  const inflight: Promise<ReceiptCheck[]>[] = [];
+  let parts: Buffer[] = [];
+  let ends: number[] = [];
+  let total = 0;
+  let firstIndex = 0;
+  const drainOne = async () => consumeAll(await inflight.shift()!);
+  const consumeAll = (checks: ReceiptCheck[]) => {
+    for (const c of checks) consume(c);
+  };
+  const submit = async () => {
+    if (ends.length === 0) return;
+    const batch: ReceiptBatch = { firstIndex, bytes: new Uint8Array(Buffer.concat(parts, total)), ends, keys: keyList };
+    firstIndex += ends.length;
+    parts = [];
+    ends = [];
+    total = 0;
+    if (!pool) return consumeAll(checkBatch(batch));
+    inflight.push(pool.run(batch, { transferList: [batch.bytes.buffer as ArrayBuffer] }));
+    if (inflight.length >= workers * 3) await drainOne();
+  };
+  try {
+    await scanBundle(path, {
+      wantReceipts: true,
+      async receipt(value) {
+        parts.push(value);
+        total += value.length;
+        ends.push(total);
+        if (ends.length >= batchSize) await submit();
+      },
+    });
+    await submit();
+    while (inflight.length > 0) await drainOne();
+  } finally {
+    await Promise.allSettled(inflight);
+    await pool?.destroy();
+  }
+}
+
+async function createPool(workers: number) {
+  const { Piscina } = await import("piscina");
+  const fromSource = import.meta.url.endsWith(".ts");
+  return new Piscina<ReceiptBatch, ReceiptCheck[]>({
+    filename: new URL(fromSource ? "./receipt-worker.ts" : "./receipt-worker.js", import.meta.url).href,
+    minThreads: workers,
+    maxThreads: workers,
+    // Running from TypeScript sources (tests, bench): workers load them through tsx.
+    ...(fromSource ? { execArgv: ["--import", "tsx"] } : {}),
+  });
+}
+
+function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], detail: string): VerifyReport {
+  const s = steps.get("bundle")!;
+  s.fail(detail);
+  for (const [id, st] of steps) {
+    if (id !== "bundle") {
+      st.status = "skip";
+      st.detail = "not run: the bundle could not be read";
+    }
+  }
+  return finish(steps, counts, true, false);
+}
+
+function finish(steps: Map<StepId, Step>, counts: VerifyReport["counts"], isUnreadable: boolean, anchored: boolean): VerifyReport {
+  const results: StepResult[] = STEPS.map(([id, title], i) => {
+    const s = steps.get(id)!;
+    return {
+      n: i + 1,
+      id,
+      title,
+      status: s.status,
+      detail: s.detail,
+      failures: s.failures,
+      ...(s.record ? { record: s.record } : {}),
+    };
+  });
+  const firstFail = results.find((r) => r.status === "fail");
+  const ok = !firstFail;
+  let summary: string;
+  if (firstFail) {
+    summary = `FAILED at step ${firstFail.n} (${firstFail.title}): ${firstFail.detail}`;
+  } else if (anchored) {
+    summary = `VERIFIED: ${counts.receipts} receipts in ${counts.epochs} epoch(s), ${counts.checkpoints} checkpoint(s), ${counts.claims} claim(s); every signer key is anchored by a trusted key`;
+  } else {
+    summary = `VALID BUT UNANCHORED: ${counts.receipts} receipts in ${counts.epochs} epoch(s), ${counts.checkpoints} checkpoint(s), ${counts.claims} claim(s) are internally consistent, but no signer key was anchored by a trusted key (--allow-unanchored), so this does not prove who produced them`;
+  }
+  return { ok, unreadable: isUnreadable, anchored, summary, steps: results, counts };
+}

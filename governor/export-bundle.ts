@@ -1,0 +1,115 @@
+/**
+ * Offline export of an evidence bundle (and single C2SP tlog-proofs) from a
+ * governor's data directory. Needs no key: everything exported was signed
+ * when it was written. Refuses while a live governor holds the directory.
+ */
+import { join } from "node:path";
+import { writeFile } from "node:fs/promises";
+import { toBase64 } from "../artifacts/encoding.js";
+import { CmcpError } from "../artifacts/errors.js";
+import {
+  BUNDLE_FORMAT,
+  writeBundle,
+  type BundleHeader,
+  type BundleKey,
+  type InclusionProof,
+} from "../artifacts/evidence-bundle.js";
+import { leafHash, MerkleTree } from "../artifacts/merkle.js";
+import type { EpochStartData, Receipt } from "../artifacts/receipt.js";
+import { parseJson } from "../artifacts/strict-json.js";
+import { formatTlogProof } from "../artifacts/tlog-proof.js";
+import { utcTimestamp } from "../artifacts/receipt.js";
+import { ChainStore } from "./chain-store.js";
+import { lockHolder } from "./data-dir-lock.js";
+import { listCheckpoints, listClaims, readLogInfo, type StoredCheckpoint } from "./receipt-chain.js";
+
+interface ChainIndex {
+  store: ChainStore;
+  origin: string;
+  tree: MerkleTree;
+  keys: BundleKey[];
+  epochStarts: number[];
+  checkpoints: StoredCheckpoint[];
+}
+
+async function indexChain(dataDir: string): Promise<ChainIndex> {
+  const holder = await lockHolder(dataDir);
+  if (holder !== null) {
+    throw new CmcpError("export.locked", `governor pid ${holder} is running on ${dataDir}; stop it first (live export arrives with the admin interface)`);
+  }
+  const { origin } = await readLogInfo(dataDir);
+  const store = await ChainStore.open({ dir: join(dataDir, "chain") });
+  const tree = new MerkleTree();
+  const keys: BundleKey[] = [];
+  const epochStarts: number[] = [];
+  for await (const { seq, entry } of store.entries()) {
+    tree.append(leafHash(entry));
+    const r = parseJson(entry) as Receipt;
+    if (r.type === "epoch_start") {
+      keys.push({ kid: r.kid, public_key: (r.data as unknown as EpochStartData).public_key });
+      epochStarts.push(seq);
+    }
+  }
+  const checkpoints = await listCheckpoints(dataDir, store.durableSize);
+  return { store, origin, tree, keys, epochStarts, checkpoints };
+}
+
+function coveringCheckpoint(checkpoints: StoredCheckpoint[], seq: number): StoredCheckpoint | undefined {
+  return checkpoints.find((c) => c.size > seq);
+}
+
+export async function exportBundle(dataDir: string, out: string): Promise<{ receipts: number; bytes: number; checkpoints: number; claims: number }> {
+  const ix = await indexChain(dataDir);
+  try {
+    const claims = await listClaims(dataDir);
+    const proofs: InclusionProof[] = [];
+    const wanted = new Set<number>([...ix.epochStarts, ...claims.map((c) => c.checkpoint.size - 1)]);
+    for (const seq of [...wanted].sort((a, b) => a - b)) {
+      const cp = coveringCheckpoint(ix.checkpoints, seq);
+      if (!cp) continue;
+      proofs.push({ seq, checkpoint_size: cp.size, proof: ix.tree.inclusionProof(seq, cp.size).map(toBase64) });
+    }
+    const consistency = [];
+    for (let i = 1; i < ix.checkpoints.length; i++) {
+      const a = ix.checkpoints[i - 1]!.size;
+      const b = ix.checkpoints[i]!.size;
+      consistency.push({ old_size: a, new_size: b, proof: ix.tree.consistencyProof(a, b).map(toBase64) });
+    }
+    const header: BundleHeader = {
+      format: BUNDLE_FORMAT,
+      created_utc: utcTimestamp(),
+      origin: ix.origin,
+      keys: ix.keys,
+      attestation: ix.keys.map((k) => ({ kid: k.kid, provider: "software", evidence: null })),
+      policy_artifact: null,
+      checkpoints: ix.checkpoints.map((c) => c.note),
+      consistency_proofs: consistency,
+      inclusion_proofs: proofs,
+      claims,
+    };
+    const entries = (async function* () {
+      for await (const { entry } of ix.store.entries()) yield entry;
+    })();
+    const written = await writeBundle(out, header, entries);
+    return { ...written, checkpoints: ix.checkpoints.length, claims: claims.length };
+  } finally {
+    await ix.store.close();
+  }
+}
+
+/** Writes a C2SP tlog-proof for one receipt against the first checkpoint that covers it. */
+export async function exportTlogProof(dataDir: string, seq: number, out: string): Promise<{ checkpointSize: number }> {
+  const ix = await indexChain(dataDir);
+  try {
+    if (!Number.isSafeInteger(seq) || seq < 0 || seq >= ix.tree.size) {
+      throw new CmcpError("export.range", `receipt ${seq} is not in the chain (size ${ix.tree.size})`);
+    }
+    const cp = coveringCheckpoint(ix.checkpoints, seq);
+    if (!cp) throw new CmcpError("export.no-checkpoint", `no checkpoint covers receipt ${seq} yet`);
+    const text = formatTlogProof({ index: seq, proof: ix.tree.inclusionProof(seq, cp.size), checkpointNote: cp.note });
+    await writeFile(out, text);
+    return { checkpointSize: cp.size };
+  } finally {
+    await ix.store.close();
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Builds a real receipt chain (real store, real fsync, one fresh key per
+ * epoch) with decision receipts across sessions, TRACE claims and
+ * checkpoints, then exports it as an evidence bundle.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { generateSigner, type Signer } from "../../artifacts/keys.js";
+import { payloadHash, type DecisionOutcome } from "../../artifacts/receipt.js";
+import type { TraceClaim } from "../../artifacts/trace-claim.js";
+import { exportBundle } from "../../governor/export-bundle.js";
+import { ReceiptChain } from "../../governor/receipt-chain.js";
+
+export const TEST_ORIGIN = "cmcp.test/log";
+export const POLICY_HASH = "a".repeat(64);
+export const CATALOG_HASH = "b".repeat(64);
+
+export interface MadeBundle {
+  dir: string;
+  dataDir: string;
+  bundlePath: string;
+  signers: Signer[];
+  claims: TraceClaim[];
+  cleanup(): Promise<void>;
+}
+
+const OUTCOMES: DecisionOutcome[] = ["allow", "allow", "deny", "redact", "advisory", "require_approval"];
+const TOOLS = ["echo", "read_file", "search_nodes", "add"];
+
+export async function makeBundle(options: {
+  epochs?: number;
+  receiptsPerEpoch?: number;
+  sessions?: number;
+  checkpointEveryReceipts?: number;
+  claims?: boolean;
+} = {}): Promise<MadeBundle> {
+  const epochs = options.epochs ?? 2;
+  const perEpoch = options.receiptsPerEpoch ?? 6;
+  const sessions = options.sessions ?? 2;
+  const dir = await mkdtemp(join(tmpdir(), "cmcp-bundle-"));
+  const dataDir = join(dir, "data");
+  const signers: Signer[] = [];
+  const claims: TraceClaim[] = [];
+  let n = 0;
+  for (let e = 0; e < epochs; e++) {
+    const signer = generateSigner();
+    signers.push(signer);
+    const chain = await ReceiptChain.open({
+      dataDir,
+      origin: TEST_ORIGIN,
+      signer,
+      provider: "software",
+      policy: { bundle_hash: POLICY_HASH, catalog_hash: CATALOG_HASH, enforcement_mode: "enforcing", policy_version: "test-1" },
+      checkpointEveryReceipts: options.checkpointEveryReceipts ?? 1_000_000,
+      checkpointEverySeconds: 0,
+    });
+    const pending = [];
+    for (let i = 0; i < perEpoch; i++, n++) {
+      const session = `session-${n % sessions}`;
+      pending.push(
+        chain.append({
+          type: "decision",
+          subject: { session, agent: "agent-1", server: "everything", tool: TOOLS[n % TOOLS.length]!, method: "tools/call", request_id: String(n) },
+          decision: { outcome: OUTCOMES[n % OUTCOMES.length]!, reasons: [`rule ${n % 3}`], policy_ids: ["baseline.read-only"] },
+          hashes: { arguments: payloadHash({ n }) },
+        }),
+      );
+    }
+    await Promise.all(pending);
+    if (options.claims !== false) claims.push(await chain.issueClaim("session-0"));
+    await chain.close();
+  }
+  const bundlePath = join(dir, "bundle.json");
+  await exportBundle(dataDir, bundlePath);
+  return { dir, dataDir, bundlePath, signers, claims, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
