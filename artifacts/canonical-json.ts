@@ -105,7 +105,6 @@ function serializeObject(obj: Record<string, unknown>, depthLeft: number): strin
   if (Object.getOwnPropertySymbols(obj).length !== 0) {
     throw new Fault("jcs.unsupported-type", "object has symbol-keyed properties");
   }
-  // Default sort compares UTF-16 code units, which is what RFC 8785 section 3.2.3 requires.
   const keys = sortKeys(Object.keys(obj));
   const n = keys.length;
   if (n === 0) return "{}";
@@ -145,6 +144,11 @@ function toPointer(path: readonly (string | number)[]): string {
   return out;
 }
 
+/**
+ * RFC 8785 section 3.2.3 orders keys by UTF-16 code units, which is what both
+ * the string `>` operator and the default Array#sort compare. Insertion sort
+ * is measurably faster for the small objects receipts are made of.
+ */
 function sortKeys(keys: string[]): string[] {
   const n = keys.length;
   if (n > 24) return keys.sort();

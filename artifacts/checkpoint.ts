@@ -34,7 +34,8 @@ export interface CheckpointInput {
   extensions?: readonly string[];
 }
 
-export type ParseCheckpointResult = { ok: true; checkpoint: Checkpoint } | { ok: false; code: string; reason: string };
+export type ParseCheckpointResult =
+  { ok: true; checkpoint: Checkpoint } | { ok: false; code: string; reason: string };
 
 export type OpenCheckpointResult =
   | { ok: true; checkpoint: Checkpoint; text: string; verifiedBy: string[] }
@@ -53,7 +54,9 @@ function lineProblem(line: string): boolean {
 
 /** Formats the checkpoint note text. Throws CmcpError on values that cannot be encoded. */
 export function formatCheckpoint(cp: CheckpointInput): string {
-  if (lineProblem(cp.origin)) throw new CmcpError("checkpoint.origin", "origin must be a non-empty single line");
+  if (lineProblem(cp.origin)) {
+    throw new CmcpError("checkpoint.origin", "origin must be a non-empty single line");
+  }
   const size = typeof cp.size === "number" && Number.isSafeInteger(cp.size) ? BigInt(cp.size) : cp.size;
   if (typeof size !== "bigint" || size < 0n || size > MAX_SIZE) {
     throw new CmcpError("checkpoint.size", "tree size must be an integer in [0, 2^64-1]");
@@ -66,7 +69,9 @@ export function formatCheckpoint(cp: CheckpointInput): string {
     throw new CmcpError("checkpoint.extension", `at most ${MAX_CHECKPOINT_EXTENSIONS} extension lines`);
   }
   for (const ext of extensions) {
-    if (lineProblem(ext)) throw new CmcpError("checkpoint.extension", "extension lines must be non-empty single lines");
+    if (lineProblem(ext)) {
+      throw new CmcpError("checkpoint.extension", "extension lines must be non-empty single lines");
+    }
   }
   const text = [cp.origin, size.toString(), toBase64(cp.rootHash), ...extensions].join("\n") + "\n";
   if (Buffer.byteLength(text, "utf8") > MAX_NOTE_BYTES) {
@@ -84,7 +89,9 @@ export function parseCheckpoint(text: string): ParseCheckpointResult {
   }
   if (!text.endsWith("\n")) return fail("checkpoint.malformed", "checkpoint text must end in a newline");
   const lines = text.slice(0, -1).split("\n");
-  if (lines.length < 3) return fail("checkpoint.malformed", "checkpoint needs origin, size and root hash lines");
+  if (lines.length < 3) {
+    return fail("checkpoint.malformed", "checkpoint needs origin, size and root hash lines");
+  }
   if (lines.length - 3 > MAX_CHECKPOINT_EXTENSIONS) {
     return fail("checkpoint.extension", `more than ${MAX_CHECKPOINT_EXTENSIONS} extension lines`);
   }

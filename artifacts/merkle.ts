@@ -61,7 +61,9 @@ function isHash(value: unknown): value is Uint8Array {
 /** Checks the proof is an array of 32-byte hashes no longer than `max`; returns a failure or undefined. */
 function checkProofArray(proof: unknown, max: number): MerkleResult | undefined {
   if (!Array.isArray(proof)) return fail("merkle.proof_type", "proof must be an array of hashes");
-  if (proof.length > max) return fail("merkle.proof_length", `proof has ${proof.length} hashes, more than ${max}`);
+  if (proof.length > max) {
+    return fail("merkle.proof_length", `proof has ${proof.length} hashes, more than ${max}`);
+  }
   for (let i = 0; i < proof.length; i++) {
     if (!isHash(proof[i])) return fail("merkle.hash_size", `proof hash ${i} is not a 32-byte hash`);
   }
@@ -116,11 +118,17 @@ export function verifyInclusion(input: InclusionInput): MerkleResult {
 }
 
 function verifyInclusionUnsafe(input: InclusionInput): MerkleResult {
-  if (typeof input !== "object" || input === null) return fail("merkle.invalid_input", "input must be an object");
+  if (typeof input !== "object" || input === null) {
+    return fail("merkle.invalid_input", "input must be an object");
+  }
   const index = toUint64(input.index);
-  if (index === undefined) return fail("merkle.invalid_index", "index must be a non-negative integer below 2^64");
+  if (index === undefined) {
+    return fail("merkle.invalid_index", "index must be a non-negative integer below 2^64");
+  }
   const size = toUint64(input.size);
-  if (size === undefined) return fail("merkle.invalid_size", "tree size must be a non-negative integer below 2^64");
+  if (size === undefined) {
+    return fail("merkle.invalid_size", "tree size must be a non-negative integer below 2^64");
+  }
   if (!isHash(input.leafHash)) return fail("merkle.hash_size", "leaf hash is not a 32-byte hash");
   if (!isHash(input.root)) return fail("merkle.hash_size", "root hash is not a 32-byte hash");
   const bad = checkProofArray(input.proof, MAX_INCLUSION_PROOF);
@@ -173,7 +181,9 @@ export function verifyConsistency(input: ConsistencyInput): MerkleResult {
 }
 
 function verifyConsistencyUnsafe(input: ConsistencyInput): MerkleResult {
-  if (typeof input !== "object" || input === null) return fail("merkle.invalid_input", "input must be an object");
+  if (typeof input !== "object" || input === null) {
+    return fail("merkle.invalid_input", "input must be an object");
+  }
   const oldSize = toUint64(input.oldSize);
   const newSize = toUint64(input.newSize);
   if (oldSize === undefined || newSize === undefined) {
@@ -184,9 +194,13 @@ function verifyConsistencyUnsafe(input: ConsistencyInput): MerkleResult {
   const bad = checkProofArray(input.proof, MAX_CONSISTENCY_PROOF);
   if (bad) return bad;
   const proof = input.proof;
-  if (oldSize > newSize) return fail("merkle.size_order", `old size ${oldSize} is larger than new size ${newSize}`);
+  if (oldSize > newSize) {
+    return fail("merkle.size_order", `old size ${oldSize} is larger than new size ${newSize}`);
+  }
   // Before the equal-size shortcut: an empty old tree proves nothing, even against itself.
-  if (oldSize === 0n) return fail("merkle.empty_tree", "a consistency proof from the empty tree is meaningless");
+  if (oldSize === 0n) {
+    return fail("merkle.empty_tree", "a consistency proof from the empty tree is meaningless");
+  }
   if (oldSize === newSize) {
     if (proof.length !== 0) return fail("merkle.proof_length", "equal sizes need an empty proof");
     if (!bytesEqual(input.oldRoot, input.newRoot)) {
@@ -233,8 +247,12 @@ function verifyConsistencyUnsafe(input: ConsistencyInput): MerkleResult {
     sn >>= 1n;
   }
   if (sn !== 0n) return fail("merkle.proof_length", "proof has fewer hashes than the tree has levels");
-  if (!bytesEqual(fr, input.oldRoot)) return fail("merkle.root_mismatch", "proof does not lead to the old root");
-  if (!bytesEqual(sr, input.newRoot)) return fail("merkle.root_mismatch", "proof does not lead to the new root");
+  if (!bytesEqual(fr, input.oldRoot)) {
+    return fail("merkle.root_mismatch", "proof does not lead to the old root");
+  }
+  if (!bytesEqual(sr, input.newRoot)) {
+    return fail("merkle.root_mismatch", "proof does not lead to the new root");
+  }
   return { ok: true };
 }
 

@@ -41,8 +41,7 @@ export interface NoteSigner {
 }
 
 export type OpenNoteResult =
-  | { ok: true; text: string; verifiedBy: string[] }
-  | { ok: false; code: string; reason: string };
+  { ok: true; text: string; verifiedBy: string[] } | { ok: false; code: string; reason: string };
 
 export type ParseVerifierKeyResult =
   | { ok: true; name: string; keyHash: Uint8Array; publicKey: Uint8Array }
@@ -56,7 +55,9 @@ export function isValidKeyName(name: unknown): name is string {
 /** Ed25519 key ID: SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]. */
 export function noteKeyHash(name: string, publicKey: Uint8Array): Uint8Array {
   if (!isValidKeyName(name)) throw new CmcpError("note.invalid_name", "invalid signed-note key name");
-  if (publicKey.length !== PUBLIC_KEY_SIZE) throw new CmcpError("key.size", "Ed25519 public key must be 32 bytes");
+  if (publicKey.length !== PUBLIC_KEY_SIZE) {
+    throw new CmcpError("key.size", "Ed25519 public key must be 32 bytes");
+  }
   const digest = sha256(utf8(name), Uint8Array.of(0x0a, ED25519_SIGNATURE_TYPE), publicKey);
   return digest.subarray(0, KEY_HASH_SIZE);
 }
@@ -94,7 +95,9 @@ export function parseVerifierKey(text: string): ParseVerifierKeyResult {
     return bad("verifier key is not an Ed25519 (type 0x01) key");
   }
   const publicKey = key.slice(1);
-  if (!bytesEqual(keyHash, noteKeyHash(name, publicKey))) return bad("verifier key ID does not match name and key");
+  if (!bytesEqual(keyHash, noteKeyHash(name, publicKey))) {
+    return bad("verifier key ID does not match name and key");
+  }
   return { ok: true, name, keyHash, publicKey };
 }
 
@@ -118,7 +121,9 @@ export function signNote(text: string, signers: readonly NoteSigner[]): string {
   const message = utf8(text);
   let out = text + "\n";
   for (const { name, signer } of signers) {
-    if (!isValidKeyName(name)) throw new CmcpError("note.invalid_name", `invalid signed-note key name: ${name}`);
+    if (!isValidKeyName(name)) {
+      throw new CmcpError("note.invalid_name", `invalid signed-note key name: ${name}`);
+    }
     const sig = signer.sign(message);
     out += `${SIG_PREFIX}${name} ${toBase64(concatBytes(noteKeyHash(name, signer.publicKey), sig))}\n`;
   }
@@ -195,7 +200,11 @@ function openNoteUnsafe(note: string, verifiers: readonly NoteVerifier[]): OpenN
   const known = new Map<string, NoteVerifier>();
   if (!Array.isArray(verifiers)) return fail("note.verifier", "verifiers must be an array");
   for (const v of verifiers) {
-    if (!isValidKeyName(v?.name) || !(v.publicKey instanceof Uint8Array) || v.publicKey.length !== PUBLIC_KEY_SIZE) {
+    if (
+      !isValidKeyName(v?.name) ||
+      !(v.publicKey instanceof Uint8Array) ||
+      v.publicKey.length !== PUBLIC_KEY_SIZE
+    ) {
       return fail("note.verifier", "verifier has an invalid name or public key");
     }
     const id = `${v.name} ${toHex(noteKeyHash(v.name, v.publicKey))}`;

@@ -51,8 +51,6 @@ const MAX_INT_DIGITS = "9007199254740992";
 
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-const objectProto = Object.prototype;
-
 type Container = unknown[] | Record<string, unknown>;
 
 /** Parses untrusted JSON text or UTF-8 bytes; throws CmcpError (codes `json.*`) on anything else. */
@@ -252,7 +250,8 @@ class Parser {
       // Store the value, then consume separators and closers until another value is due.
       for (;;) {
         if (cur === null) {
-          if (this.skipWs() !== -1) this.fail("json.syntax", "unexpected data after the JSON value", this.pos);
+          if (this.skipWs() !== -1)
+            this.fail("json.syntax", "unexpected data after the JSON value", this.pos);
           return value;
         }
         count++;
@@ -260,7 +259,7 @@ class Parser {
           (cur as unknown[]).push(value);
         } else {
           const obj = cur as Record<string, unknown>;
-          if (key in objectProto) {
+          if (key in obj) {
             Object.defineProperty(obj, key, { value, writable: true, enumerable: true, configurable: true });
           } else {
             obj[key] = value;

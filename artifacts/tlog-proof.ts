@@ -39,7 +39,8 @@ export interface TlogProofInput {
   extra?: Uint8Array;
 }
 
-export type ParseTlogProofResult = { ok: true; tlogProof: TlogProof } | { ok: false; code: string; reason: string };
+export type ParseTlogProofResult =
+  { ok: true; tlogProof: TlogProof } | { ok: false; code: string; reason: string };
 
 export type VerifyTlogProofResult =
   | { ok: true; index: bigint; checkpoint: Checkpoint; verifiedBy: string[]; extra?: Uint8Array }
@@ -47,7 +48,8 @@ export type VerifyTlogProofResult =
 
 /** Formats a proof. Throws CmcpError on values that cannot be encoded. */
 export function formatTlogProof(input: TlogProofInput): string {
-  const index = typeof input.index === "number" && Number.isSafeInteger(input.index) ? BigInt(input.index) : input.index;
+  const index =
+    typeof input.index === "number" && Number.isSafeInteger(input.index) ? BigInt(input.index) : input.index;
   if (typeof index !== "bigint" || index < 0n || index > MAX_INDEX) {
     throw new CmcpError("tlog_proof.index", "index must be an integer in [0, 2^64-1]");
   }
@@ -88,7 +90,9 @@ export function parseTlogProof(text: string): ParseTlogProofResult {
   if (checkpointNote.length === 0) return fail("tlog_proof.checkpoint", "proof has no checkpoint");
 
   let i = 0;
-  if (lines[i++] !== TLOG_PROOF_HEADER) return fail("tlog_proof.header", `first line must be ${TLOG_PROOF_HEADER}`);
+  if (lines[i++] !== TLOG_PROOF_HEADER) {
+    return fail("tlog_proof.header", `first line must be ${TLOG_PROOF_HEADER}`);
+  }
   let extra: Uint8Array | undefined;
   const maybeExtra = lines[i];
   if (maybeExtra !== undefined && maybeExtra.startsWith("extra ")) {
@@ -146,7 +150,9 @@ export function verifyTlogProof(
     const { index, proof, checkpointNote, extra } = parsed.tlogProof;
     const opened = openCheckpoint(checkpointNote, verifiers, expectedOrigin);
     if (!opened.ok) return opened;
-    if (!(entry instanceof Uint8Array)) return { ok: false, code: "tlog_proof.entry", reason: "entry must be bytes" };
+    if (!(entry instanceof Uint8Array)) {
+      return { ok: false, code: "tlog_proof.entry", reason: "entry must be bytes" };
+    }
     const included = verifyInclusion({
       index,
       size: opened.checkpoint.size,

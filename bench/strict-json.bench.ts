@@ -13,7 +13,10 @@ const sample = {
   params: {
     name: "filesystem.read_file",
     arguments: { path: "/srv/projects/cmcp/docs/design/receipts.md", encoding: "utf-8", maxBytes: 65536 },
-    _meta: { progressToken: "c0ffee-1234", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" },
+    _meta: {
+      progressToken: "c0ffee-1234",
+      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    },
   },
   receipt: {
     version: 1,
@@ -62,6 +65,8 @@ const jcs = opsPerSec(() => canonicalize(value));
 console.log(`JSON.parse(string)         ${fmt(base)} ops/s`);
 console.log(`parseJson(string)          ${fmt(strict)} ops/s  ratio ${(base / strict).toFixed(2)}x slower`);
 console.log(`JSON.parse(decode(bytes))  ${fmt(baseBytes)} ops/s`);
-console.log(`parseJson(bytes)           ${fmt(strictBytes)} ops/s  ratio ${(baseBytes / strictBytes).toFixed(2)}x slower`);
+console.log(
+  `parseJson(bytes)           ${fmt(strictBytes)} ops/s  ratio ${(baseBytes / strictBytes).toFixed(2)}x slower`,
+);
 console.log(`JSON.stringify             ${fmt(stringify)} ops/s`);
 console.log(`canonicalize               ${fmt(jcs)} ops/s  ratio ${(stringify / jcs).toFixed(2)}x slower`);

@@ -16,11 +16,14 @@
  *   <20-digit first seq>.idx  u64 LE file offset of each record, in seq order.
  *     A cache: never fsynced, checked on open and on every lookup, rebuilt
  *     from the segment when it disagrees.
+ *
+ * Single writer: opening may truncate a torn tail and rewrite index files, so
+ * callers must hold the data directory lock before opening.
  */
 import { open, mkdir, readdir, rename, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import * as zlib from "node:zlib";
+import { crc32 } from "node:zlib"; // present since Node 20.15; engines require >= 20.19
 import { CmcpError } from "../artifacts/errors.js";
 import { TEMP_MARKER, fsyncDir } from "./durable-file.js";
 
@@ -126,7 +129,8 @@ export const nodeStoreIo: StoreIo = {
 export type StoreState = "open" | "failed" | "closed";
 
 /** Why the tail of the last segment was cut. */
-export type TailDamage = "partial-header" | "partial-payload" | "bad-header" | "bad-crc" | "seq-discontinuity";
+export type TailDamage =
+  "partial-header" | "partial-payload" | "bad-header" | "bad-crc" | "seq-discontinuity";
 
 export interface StoreRecovery {
   /** True when bytes after the last whole record were removed. */
@@ -173,24 +177,6 @@ export function segmentFileName(firstSeq: number, ext: "seg" | "idx"): string {
 // ---------------------------------------------------------------------------
 // Record codec
 
-const crc32: (data: Uint8Array, value?: number) => number =
-  typeof zlib.crc32 === "function" ? zlib.crc32 : tableCrc32;
-
-let crcTable: Uint32Array | undefined;
-function tableCrc32(data: Uint8Array, value = 0): number {
-  if (crcTable === undefined) {
-    crcTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c >>> 0;
-    }
-  }
-  let c = ~value >>> 0;
-  for (let i = 0; i < data.length; i++) c = crcTable[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
 function encodeRecord(seq: number, payload: Uint8Array): Uint8Array {
   const rec = new Uint8Array(RECORD_HEADER_BYTES + payload.length);
   const view = new DataView(rec.buffer);
@@ -214,13 +200,22 @@ interface Header {
 /** Parses the 20 header bytes at `off`; undefined when magic, version or seq range is wrong. */
 function parseHeader(buf: Uint8Array, off: number): Header | undefined {
   if (buf.length - off < RECORD_HEADER_BYTES) return undefined;
-  if (buf[off] !== MAGIC_0 || buf[off + 1] !== MAGIC_1 || buf[off + 2] !== FORMAT_VERSION || buf[off + 3] !== 0) {
+  if (
+    buf[off] !== MAGIC_0 ||
+    buf[off + 1] !== MAGIC_1 ||
+    buf[off + 2] !== FORMAT_VERSION ||
+    buf[off + 3] !== 0
+  ) {
     return undefined;
   }
   const view = new DataView(buf.buffer, buf.byteOffset + off, RECORD_HEADER_BYTES);
   const hi = view.getUint32(12, true);
   if (hi > 0x1f_ffff) return undefined; // beyond 2^53
-  return { length: view.getUint32(4, true), seq: hi * TWO_32 + view.getUint32(8, true), crc: view.getUint32(16, true) };
+  return {
+    length: view.getUint32(4, true),
+    seq: hi * TWO_32 + view.getUint32(8, true),
+    crc: view.getUint32(16, true),
+  };
 }
 
 function crcOf(buf: Uint8Array, off: number, length: number): number {
@@ -376,7 +371,12 @@ function errCode(err: unknown): string {
 function ioError(what: string, err: unknown): CmcpError {
   if (err instanceof CmcpError) return err;
   const msg = err instanceof Error ? err.message : String(err);
-  return new CmcpError("store.io", `chain store ${what} failed: ${msg}`, { code: errCode(err) }, { cause: err });
+  return new CmcpError(
+    "store.io",
+    `chain store ${what} failed: ${msg}`,
+    { code: errCode(err) },
+    { cause: err },
+  );
 }
 
 function positiveInt(name: string, value: number | undefined, fallback: number, max: number): number {
@@ -467,7 +467,12 @@ export class ChainStore {
 
   static async open(opts: ChainStoreOptions): Promise<ChainStore> {
     const settings: Settings = {
-      segmentMaxBytes: positiveInt("segmentMaxBytes", opts.segmentMaxBytes, DEFAULT_SEGMENT_MAX_BYTES, 2 ** 48),
+      segmentMaxBytes: positiveInt(
+        "segmentMaxBytes",
+        opts.segmentMaxBytes,
+        DEFAULT_SEGMENT_MAX_BYTES,
+        2 ** 48,
+      ),
       maxEntryBytes: positiveInt("maxEntryBytes", opts.maxEntryBytes, DEFAULT_MAX_ENTRY_BYTES, MAX_U32),
       maxBatchRecords:
         opts.groupCommit === false
@@ -504,9 +509,16 @@ export class ChainStore {
       if (firsts.length === 0) {
         const segment: Segment = { first: 0, count: 0, size: 0, ...paths(0) };
         const fh = await io.open(segment.seg, "wx+");
-        const idxFh = await io.open(segment.idx, "w");
-        await io.fsyncDir(segDir);
-        await io.fsyncDir(opts.dir);
+        let idxFh: StoreHandle | undefined;
+        try {
+          idxFh = await io.open(segment.idx, "w");
+          await io.fsyncDir(segDir);
+          await io.fsyncDir(opts.dir);
+        } catch (err) {
+          await io.close(fh).catch(() => undefined);
+          if (idxFh !== undefined) await io.close(idxFh).catch(() => undefined);
+          throw err;
+        }
         const recovery: StoreRecovery = {
           truncated: false,
           segment: segment.seg,
@@ -530,14 +542,22 @@ export class ChainStore {
       }
 
       if (firsts[0] !== 0) {
-        throw corrupt(join(segDir, segmentFileName(firsts[0]!, "seg")), 0, "segments before this one are missing");
+        throw corrupt(
+          join(segDir, segmentFileName(firsts[0]!, "seg")),
+          0,
+          "segments before this one are missing",
+        );
       }
       const segments: Segment[] = [];
       let expected = 0;
       for (let i = 0; i < firsts.length - 1; i++) {
         const segment: Segment = { first: firsts[i]!, count: 0, size: 0, ...paths(firsts[i]!) };
         if (segment.first !== expected) {
-          throw corrupt(segment.seg, 0, `segment starts at seq ${segment.first}, previous one ends before ${expected}`);
+          throw corrupt(
+            segment.seg,
+            0,
+            `segment starts at seq ${segment.first}, previous one ends before ${expected}`,
+          );
         }
         await openSealed(io, segment, verify, emit);
         segments.push(segment);
@@ -547,7 +567,11 @@ export class ChainStore {
       const lastFirst = firsts[firsts.length - 1]!;
       const segment: Segment = { first: lastFirst, count: 0, size: 0, ...paths(lastFirst) };
       if (segment.first !== expected) {
-        throw corrupt(segment.seg, 0, `segment starts at seq ${segment.first}, previous one ends before ${expected}`);
+        throw corrupt(
+          segment.seg,
+          0,
+          `segment starts at seq ${segment.first}, previous one ends before ${expected}`,
+        );
       }
       const fh = await io.open(segment.seg, "r+");
       let idxFh: StoreHandle | undefined;
@@ -585,7 +609,8 @@ export class ChainStore {
         idxFh = await io.open(segment.idx, "w");
         if (offsets.length > 0) await io.write(idxFh, encodeOffsets(offsets), 0);
         const prev = segments[segments.length - 1];
-        if (last === undefined && prev !== undefined) last = await readSealed(io, prev, prev.first + prev.count - 1);
+        if (last === undefined && prev !== undefined)
+          last = await readSealed(io, prev, prev.first + prev.count - 1);
         segments.push(segment);
         emit({ type: "opened", records: segment.first + segment.count, segments: segments.length, recovery });
         return new ChainStore({
@@ -703,7 +728,10 @@ export class ChainStore {
     if (this.pumping) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
     const wasOpen = this._state === "open";
     if (wasOpen) this._state = "closed";
-    const results = await Promise.allSettled([this.io.close(this.active.fh), this.io.close(this.active.idxFh)]);
+    const results = await Promise.allSettled([
+      this.io.close(this.active.fh),
+      this.io.close(this.active.idxFh),
+    ]);
     this._state = "closed";
     const bad = results.find((r) => r.status === "rejected");
     if (wasOpen && bad !== undefined) throw ioError("close", bad.reason);
@@ -863,7 +891,9 @@ export class ChainStore {
   private heal(segment: Segment, reason: string): Promise<void> {
     let p = this.healing.get(segment);
     if (p === undefined) {
-      p = rebuildIndex(this.io, segment, reason, (e) => this.emit(e)).finally(() => this.healing.delete(segment));
+      p = rebuildIndex(this.io, segment, reason, (e) => this.emit(e)).finally(() =>
+        this.healing.delete(segment),
+      );
       this.healing.set(segment, p);
     }
     return p;
@@ -916,11 +946,12 @@ async function withRead<T>(io: StoreIo, path: string, fn: (h: StoreHandle) => Pr
 /** Byte offset of `seq` in a sealed segment, checked against the record header there. */
 async function sealedOffset(io: StoreIo, segment: Segment, seq: number): Promise<number> {
   const k = seq - segment.first;
-  const raw = await withRead(io, segment.idx, (h) => readAt(io, h, k * IDX_ENTRY_BYTES, IDX_ENTRY_BYTES)).catch(
-    () => new Uint8Array(0),
-  );
+  const raw = await withRead(io, segment.idx, (h) =>
+    readAt(io, h, k * IDX_ENTRY_BYTES, IDX_ENTRY_BYTES),
+  ).catch(() => new Uint8Array(0));
   const off = raw.length === IDX_ENTRY_BYTES ? decodeOffset(raw, 0) : -1;
-  if (off < 0 || off + RECORD_HEADER_BYTES > segment.size) throw corrupt(segment.idx, k * IDX_ENTRY_BYTES, "bad index");
+  if (off < 0 || off + RECORD_HEADER_BYTES > segment.size)
+    throw corrupt(segment.idx, k * IDX_ENTRY_BYTES, "bad index");
   const head = await withRead(io, segment.seg, (h) => readAt(io, h, off, RECORD_HEADER_BYTES));
   const header = head.length === RECORD_HEADER_BYTES ? parseHeader(head, 0) : undefined;
   if (header?.seq !== seq) throw corrupt(segment.seg, off, "index points at the wrong record");
@@ -987,7 +1018,12 @@ async function rebuildIndex(io: StoreIo, segment: Segment, reason: string, emit:
 }
 
 /** Sets count and size of a sealed segment, checking it against its index (or fully). */
-async function openSealed(io: StoreIo, segment: Segment, verify: "quick" | "full", emit: Emit): Promise<void> {
+async function openSealed(
+  io: StoreIo,
+  segment: Segment,
+  verify: "quick" | "full",
+  emit: Emit,
+): Promise<void> {
   const quick = await quickCheck(io, segment);
   if (verify === "quick" && quick.ok) return;
   const { offsets, size } = await scanSealed(io, segment);
@@ -999,7 +1035,10 @@ async function openSealed(io: StoreIo, segment: Segment, verify: "quick" | "full
   }
 }
 
-async function quickCheck(io: StoreIo, segment: Segment): Promise<{ ok: true } | { ok: false; reason: string }> {
+async function quickCheck(
+  io: StoreIo,
+  segment: Segment,
+): Promise<{ ok: true } | { ok: false; reason: string }> {
   let idx: { count: number; first: number; last: number } | undefined;
   try {
     idx = await withRead(io, segment.idx, async (h) => {

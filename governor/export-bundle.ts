@@ -87,8 +87,10 @@ export async function exportBundle(dataDir: string, out: string): Promise<{ rece
       inclusion_proofs: proofs,
       claims,
     };
+    // The bundle ends at its last checkpoint: receipts no checkpoint covers could be dropped undetected.
+    const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
     const entries = (async function* () {
-      for await (const { entry } of ix.store.entries()) yield entry;
+      for await (const { entry } of ix.store.entries(0, end)) yield entry;
     })();
     const written = await writeBundle(out, header, entries);
     return { ...written, checkpoints: ix.checkpoints.length, claims: claims.length };

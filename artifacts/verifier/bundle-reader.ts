@@ -57,16 +57,11 @@ function fail(message: string, offset: number): never {
  * (or `bundle.io`) on anything that is not a well-delimited JSON object.
  */
 export async function scanBundle(
-  path: string,
+  source: string | Uint8Array,
   handlers: ScanHandlers,
   limits: BundleLimits = BUNDLE_LIMITS,
 ): Promise<{ receipts: number; bytes: number; hasReceipts: boolean }> {
-  let fh;
-  try {
-    fh = await open(path, "r");
-  } catch (err) {
-    throw new CmcpError("bundle.io", `cannot open ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-  }
+  const input = await openSource(source);
   const seenKeys = new Set<string>();
   let state = State.Start;
   let offset = 0; // absolute offset of buf[0]
@@ -86,7 +81,7 @@ export async function scanBundle(
   const buf = Buffer.allocUnsafe(limits.chunkBytes);
   try {
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      const bytesRead = await input.read(buf);
       if (bytesRead === 0) break;
       const chunk = buf.subarray(0, bytesRead);
       let i = 0;
@@ -258,8 +253,35 @@ export async function scanBundle(
       offset += bytesRead;
     }
   } finally {
-    await fh.close();
+    await input.close();
   }
   if ((state as State) !== State.Done) fail("bundle is truncated", offset);
   return { receipts: receiptCount, bytes: offset, hasReceipts: seenKeys.has("receipts") };
+}
+
+interface ByteSource {
+  read(into: Buffer): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** A file path is streamed; bytes already in memory are read in place. */
+async function openSource(source: string | Uint8Array): Promise<ByteSource> {
+  if (typeof source !== "string") {
+    let pos = 0;
+    return {
+      async read(into) {
+        const n = Math.min(into.length, source.length - pos);
+        into.set(source.subarray(pos, pos + n));
+        pos += n;
+        return n;
+      },
+      async close() {},
+    };
+  }
+  try {
+    const fh = await open(source, "r");
+    return { read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead, close: () => fh.close() };
+  } catch (err) {
+    throw new CmcpError("bundle.io", `cannot open ${source}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
 }

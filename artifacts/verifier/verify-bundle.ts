@@ -14,7 +14,7 @@ import { Ajv2020 } from "ajv/dist/2020.js";
 import { parseCheckpoint } from "../checkpoint.js";
 import { fromBase64 } from "../encoding.js";
 import { isCmcpError } from "../errors.js";
-import type { BundleHeader } from "../evidence-bundle.js";
+import { BUNDLE_FORMAT, type BundleHeader } from "../evidence-bundle.js";
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
 import { openNote } from "../signed-note.js";
@@ -103,7 +103,8 @@ function recordName(kind: string, index: number, seq?: number): string {
   return seq !== undefined ? `${kind} seq ${seq}` : `${kind} #${index}`;
 }
 
-export async function verifyBundleFile(path: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+/** Verifies a bundle given as a file path (streamed) or as bytes in memory. */
+export async function verifyBundleFile(path: string | Uint8Array, options: VerifyOptions = {}): Promise<VerifyReport> {
   const steps = new Map<StepId, Step>(STEPS.map(([id]) => [id, new Step()]));
   const step = (id: StepId) => steps.get(id)!;
   const counts = { receipts: 0, epochs: 0, checkpoints: 0, claims: 0, inclusionProofs: 0 };
@@ -124,9 +125,13 @@ export async function verifyBundleFile(path: string, options: VerifyOptions = {}
     return unreadable(steps, counts, `cannot read bundle: ${describe(err)}`);
   }
   const header = Object.fromEntries(members);
+  if (header.format !== BUNDLE_FORMAT) {
+    return unreadable(steps, counts, `not a cmcp evidence bundle: "format" is not "${BUNDLE_FORMAT}"`);
+  }
   if (!validateHeader(header)) {
+    // A recognisable bundle with a malformed member is a failed verification, not unreadable input.
     const e = validateHeader.errors?.[0];
-    return unreadable(steps, counts, `not a cmcp evidence bundle: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`);
+    return unreadable(steps, counts, `bundle member does not match the evidence-bundle-v1 schema: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`, false);
   }
   const h = header as unknown as BundleHeader;
   counts.receipts = receiptCount;
@@ -188,6 +193,7 @@ export async function verifyBundleFile(path: string, options: VerifyOptions = {}
   const policyHashes = new Set<string>();
   const catalogHashes = new Set<string>();
   const introducedAt = new Map<string, number>();
+  const providerOf = new Map<string, string>();
 
   // Pass 2: receipts, in order.
   const acc = new MerkleAccumulator();
@@ -239,6 +245,7 @@ export async function verifyBundleFile(path: string, options: VerifyOptions = {}
         chain.fail(`${where}: epoch_start does not describe the previous epoch's key, tip and last checkpoint`, rec);
       }
       introducedAt.set(f.kid, f.seq);
+      providerOf.set(f.kid, es.provider);
       epoch = f.epoch;
       epochKid = f.kid;
       lastTs = "";
@@ -283,11 +290,23 @@ export async function verifyBundleFile(path: string, options: VerifyOptions = {}
   for (const kid of keys.keys()) {
     if (!introducedAt.has(kid) && brokenAt < 0) step("keys").fail(`key ${kid} is not introduced by any epoch_start receipt`, { kind: "key", index: h.keys.findIndex((k) => k.kid === kid) });
   }
+  // Attestation entries: until hardware verifiers land, only the software provider (no evidence) is known.
+  h.attestation.forEach((a, index) => {
+    const rec = { kind: "key" as const, index };
+    if (!keys.has(a.kid)) step("keys").fail(`attestation #${index} names key ${a.kid}, which the bundle does not list`, rec);
+    else if (brokenAt < 0 && providerOf.get(a.kid) !== a.provider) {
+      step("keys").fail(`attestation #${index}: provider "${a.provider}" is not the one key ${a.kid.slice(0, 16)} was introduced with`, rec);
+    } else if (a.provider === "software" && a.evidence !== null) {
+      step("keys").fail(`attestation #${index}: the software provider has no evidence, but some is attached`, rec);
+    } else if (a.provider !== "software") {
+      step("keys").fail(`attestation #${index}: provider "${a.provider}" evidence cannot be checked by this verifier yet`, rec);
+    }
+  });
   const unanchored = [...keys.keys()].filter((kid) => !trusted.has(kid));
   const anchored = keys.size > 0 && unanchored.length === 0;
   const keysStep = step("keys");
   if (keysStep.status !== "fail") {
-    if (anchored) keysStep.detail = `${keys.size} key(s), all anchored by --key`;
+    if (anchored) keysStep.detail = `${keys.size} key(s), all anchored by --key: ${[...keys.keys()].map((k) => k.slice(0, 16)).join(", ")}`;
     else {
       const msg = `${unanchored.length} of ${keys.size} signer key(s) not anchored by any trusted key: ${unanchored.map((k) => k.slice(0, 16)).join(", ")}`;
       if (options.allowUnanchored) {
@@ -303,6 +322,11 @@ export async function verifyBundleFile(path: string, options: VerifyOptions = {}
     const got = rootAt.get(cp.size);
     if (!got) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`, { kind: "checkpoint", index: cp.index });
     else if (!Buffer.from(got).equals(Buffer.from(cp.root))) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): root does not match the receipts`, { kind: "checkpoint", index: cp.index });
+  }
+  const lastCp = checkpoints[checkpoints.length - 1];
+  // Receipts past the last checkpoint could be dropped unnoticed, so a bundle must end at one.
+  if (lastCp && lastCp.size !== receiptCount && roots.status !== "fail") {
+    roots.fail(`the bundle holds ${receiptCount} receipts but its last checkpoint covers ${lastCp.size}; every receipt must be covered`, { kind: "checkpoint", index: lastCp.index });
   }
   if (h.checkpoints.length === 0) roots.fail("the bundle holds no checkpoint");
   else if (roots.status === "pass") roots.detail = `${checkpoints.length} checkpoint root(s) recomputed from the receipts`;
@@ -464,7 +488,7 @@ function resolveTrusted(inputs: string[], step: Step): Set<string> {
 }
 
 async function streamReceipts(
-  path: string,
+  path: string | Uint8Array,
   count: number,
   keys: Map<string, Uint8Array>,
   options: VerifyOptions,
@@ -525,7 +549,7 @@ async function createPool(workers: number) {
   });
 }
 
-function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], detail: string): VerifyReport {
+function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], detail: string, isUnreadable = true): VerifyReport {
   const s = steps.get("bundle")!;
   s.fail(detail);
   for (const [id, st] of steps) {
@@ -534,7 +558,7 @@ function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], de
       st.detail = "not run: the bundle could not be read";
     }
   }
-  return finish(steps, counts, true, false);
+  return finish(steps, counts, isUnreadable, false);
 }
 
 function finish(steps: Map<StepId, Step>, counts: VerifyReport["counts"], isUnreadable: boolean, anchored: boolean): VerifyReport {

@@ -28,7 +28,10 @@ const EXPECTED_CONSISTENCY_CASES = 98;
  * hash that is not 32 bytes, so it must fail with merkle.hash_size instead.
  */
 const OVERRIDES: Record<string, { wantErr: boolean; code: string }> = {
-  "consistency/additional/sizes-are-equal-one-and-proof-is-empty.json": { wantErr: true, code: "merkle.hash_size" },
+  "consistency/additional/sizes-are-equal-one-and-proof-is-empty.json": {
+    wantErr: true,
+    code: "merkle.hash_size",
+  },
 };
 
 function walk(dir: string): string[] {
@@ -111,7 +114,9 @@ describe("RFC 9162 vectors (transparency-dev/merkle testdata)", () => {
 
   it("the size-0 traps from the vectors fail before any equal-size shortcut", () => {
     const root = emptyRoot();
-    expect(verifyConsistency({ oldSize: 0, newSize: 0, oldRoot: root, newRoot: root, proof: [] })).toMatchObject({
+    expect(
+      verifyConsistency({ oldSize: 0, newSize: 0, oldRoot: root, newRoot: root, proof: [] }),
+    ).toMatchObject({
       ok: false,
       code: "merkle.empty_tree",
     });
@@ -160,7 +165,8 @@ function referenceRoot(leaves: Uint8Array[]): Uint8Array {
   return nodeHash(referenceRoot(leaves.slice(0, k)), referenceRoot(leaves.slice(k)));
 }
 
-const leavesFor = (n: number) => Array.from({ length: n }, (_, i) => leafHash(Uint8Array.of(i & 0xff, i >> 8)));
+const leavesFor = (n: number) =>
+  Array.from({ length: n }, (_, i) => leafHash(Uint8Array.of(i & 0xff, i >> 8)));
 
 describe("MerkleTree", () => {
   const N = 70;
@@ -188,16 +194,28 @@ describe("MerkleTree", () => {
       const root = tree.root(n);
       for (let m = 0; m < n; m++) {
         const proof = tree.inclusionProof(m, n);
-        expect(verifyInclusion({ index: m, size: n, leafHash: leaves[m]!, proof, root })).toEqual({ ok: true });
+        expect(verifyInclusion({ index: m, size: n, leafHash: leaves[m]!, proof, root })).toEqual({
+          ok: true,
+        });
         // Same proof under another index must not verify. (A different size can:
         // a path of left turns does not depend on it, which is why the size is signed.)
         if (n > 1) {
           const other = (m + 1) % n;
-          expect(verifyInclusion({ index: other, size: n, leafHash: leaves[m]!, proof, root }).ok).toBe(false);
-          expect(verifyInclusion({ index: m, size: n, leafHash: leaves[other]!, proof, root }).ok).toBe(false);
+          expect(verifyInclusion({ index: other, size: n, leafHash: leaves[m]!, proof, root }).ok).toBe(
+            false,
+          );
+          expect(verifyInclusion({ index: m, size: n, leafHash: leaves[other]!, proof, root }).ok).toBe(
+            false,
+          );
         }
         expect(
-          verifyInclusion({ index: BigInt(m), size: BigInt(n), leafHash: leaves[m]!, proof, root: tree.root(n) }),
+          verifyInclusion({
+            index: BigInt(m),
+            size: BigInt(n),
+            leafHash: leaves[m]!,
+            proof,
+            root: tree.root(n),
+          }),
         ).toEqual({ ok: true });
       }
     }
@@ -256,7 +274,9 @@ describe("MerkleTree", () => {
     expect(() => tree.inclusionProof(-1)).toThrow(expect.objectContaining({ code: "merkle.invalid_index" }));
     expect(() => tree.consistencyProof(0, 5)).toThrow(expect.objectContaining({ code: "merkle.empty_tree" }));
     expect(() => tree.consistencyProof(6, 5)).toThrow(expect.objectContaining({ code: "merkle.size_order" }));
-    expect(() => new MerkleTree([new Uint8Array(31)])).toThrow(expect.objectContaining({ code: "merkle.hash_size" }));
+    expect(() => new MerkleTree([new Uint8Array(31)])).toThrow(
+      expect.objectContaining({ code: "merkle.hash_size" }),
+    );
     expect(tree.consistencyProof(9, 9)).toEqual([]);
   });
 });
@@ -272,14 +292,28 @@ describe("MerkleAccumulator", () => {
       expect(acc.size).toBe(i + 1);
       expect(toHex(acc.root())).toBe(toHex(tree.root(i + 1)));
     }
-    expect(() => acc.append(new Uint8Array(33))).toThrow(expect.objectContaining({ code: "merkle.hash_size" }));
+    expect(() => acc.append(new Uint8Array(33))).toThrow(
+      expect.objectContaining({ code: "merkle.hash_size" }),
+    );
   });
 });
 
 describe("verification on hostile input never throws", () => {
   const tree = new MerkleTree(leavesFor(9));
-  const good = { index: 4, size: 9, leafHash: tree.leaf(4), proof: tree.inclusionProof(4), root: tree.root() };
-  const goodC = { oldSize: 3, newSize: 9, oldRoot: tree.root(3), newRoot: tree.root(), proof: tree.consistencyProof(3) };
+  const good = {
+    index: 4,
+    size: 9,
+    leafHash: tree.leaf(4),
+    proof: tree.inclusionProof(4),
+    root: tree.root(),
+  };
+  const goodC = {
+    oldSize: 3,
+    newSize: 9,
+    oldRoot: tree.root(3),
+    newRoot: tree.root(),
+    proof: tree.consistencyProof(3),
+  };
 
   it("accepts the untouched inputs", () => {
     expect(verifyInclusion(good)).toEqual({ ok: true });

@@ -3,7 +3,18 @@
 // (SIGKILL alone leaves everything in the page cache, so it cannot tear a record).
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, unlink, writeFile } from "node:fs/promises";
+import {
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  stat,
+  truncate,
+  unlink,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -128,7 +139,10 @@ describe("chain store under SIGKILL", () => {
           for await (const { seq, entry } of store.entries()) {
             expect(seq, note).toBe(n);
             // Equality with the recomputed entry checks content and the hash link to the previous entry.
-            expect(Buffer.from(entry).equals(makeEntry(seq, prev)), `${note}, round ${round}, seq ${seq}`).toBe(true);
+            expect(
+              Buffer.from(entry).equals(makeEntry(seq, prev)),
+              `${note}, round ${round}, seq ${seq}`,
+            ).toBe(true);
             prev = entry;
             if (seq === r.maxAck) atMaxAck = entry;
             n++;
@@ -260,7 +274,11 @@ describe("chain store recovery from a damaged tail", () => {
   it("truncates a whole record whose seq does not continue the chain", async () => {
     const store = await damagedTail((b) => Buffer.concat([b, b.subarray(b.length - lastSize)]));
     expect(store.durableSize).toBe(N);
-    expect(store.recovery).toMatchObject({ truncated: true, reason: "seq-discontinuity", droppedBytes: lastSize });
+    expect(store.recovery).toMatchObject({
+      truncated: true,
+      reason: "seq-discontinuity",
+      droppedBytes: lastSize,
+    });
     await store.close();
   });
 

@@ -1,0 +1,244 @@
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { toBase64 } from "../../../artifacts/encoding.js";
+import { formatVerifierKey } from "../../../artifacts/signed-note.js";
+import { verifyBundleFile, type VerifyReport } from "../../../artifacts/verifier/verify-bundle.js";
+import { CATALOG_HASH, makeBundle, POLICY_HASH, TEST_ORIGIN, type MadeBundle } from "../../helpers/make-bundle.js";
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+let small: MadeBundle;
+let smallJson: { [k: string]: Json };
+let trusted: string[];
+
+beforeAll(async () => {
+  small = await makeBundle({ epochs: 2, receiptsPerEpoch: 5, sessions: 2, checkpointEveryReceipts: 4 });
+  smallJson = JSON.parse(await readFile(small.bundlePath, "utf8"));
+  trusted = small.signers.map((s) => s.keyId);
+});
+
+afterAll(async () => {
+  await small?.cleanup();
+});
+
+async function verifyJson(doc: unknown, _name: string, opts = {}): Promise<VerifyReport> {
+  return verifyBundleFile(Buffer.from(JSON.stringify(doc)), { trustedKeys: trusted, workers: 0, ...opts });
+}
+
+function firstFailure(r: VerifyReport): string {
+  return r.steps.find((s) => s.status === "fail")?.id ?? "none";
+}
+
+describe("verifyBundleFile on a real chain export", () => {
+  it("verifies every step and reports the keys anchored", async () => {
+    const r = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted });
+    expect(r.steps.filter((s) => s.status === "fail")).toEqual([]);
+    expect(r.ok).toBe(true);
+    expect(r.anchored).toBe(true);
+    expect(r.summary).toMatch(/^VERIFIED/);
+    expect(r.counts.epochs).toBe(2);
+    expect(r.counts.claims).toBe(2);
+    expect(r.steps.find((s) => s.id === "consistency")?.status).toBe("pass");
+    expect(r.steps.find((s) => s.id === "inclusion")?.status).toBe("pass");
+  });
+
+  it("fails the anchoring step without a trusted key, and never says verified", async () => {
+    const r = await verifyBundleFile(small.bundlePath, {});
+    expect(r.ok).toBe(false);
+    expect(firstFailure(r)).toBe("keys");
+    expect(r.summary).not.toMatch(/^VERIFIED/);
+  });
+
+  it("passes as UNANCHORED only when the auditor allows it", async () => {
+    const r = await verifyBundleFile(small.bundlePath, { allowUnanchored: true });
+    expect(r.ok).toBe(true);
+    expect(r.anchored).toBe(false);
+    expect(r.summary).toMatch(/UNANCHORED/);
+    expect(r.steps.find((s) => s.id === "keys")?.status).toBe("warn");
+  });
+
+  it("accepts trusted keys as key IDs, raw base64 keys or note verifier keys", async () => {
+    const [a, b] = small.signers;
+    const r = await verifyBundleFile(small.bundlePath, {
+      trustedKeys: [toBase64(a!.publicKey), formatVerifierKey(TEST_ORIGIN, b!.publicKey)],
+    });
+    expect(r.ok).toBe(true);
+    const bad = await verifyBundleFile(small.bundlePath, { trustedKeys: ["not-a-key"] });
+    expect(firstFailure(bad)).toBe("keys");
+  });
+
+  it("anchoring one epoch's key does not anchor the other", async () => {
+    const r = await verifyBundleFile(small.bundlePath, { trustedKeys: [trusted[0]!] });
+    expect(firstFailure(r)).toBe("keys");
+  });
+
+  it("checks approved policy and catalog hashes", async () => {
+    const ok = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, policyHash: POLICY_HASH, catalogHash: CATALOG_HASH });
+    expect(ok.ok).toBe(true);
+    const wrong = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, policyHash: "c".repeat(64) });
+    expect(firstFailure(wrong)).toBe("approved");
+    const wrongCatalog = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, catalogHash: "d".repeat(64) });
+    expect(firstFailure(wrongCatalog)).toBe("approved");
+  });
+
+  it("gives the same verdict with and without worker threads", async () => {
+    const pooled = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, workers: 2, parallelThreshold: 1, batchSize: 3 });
+    const inline = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, workers: 0 });
+    expect(pooled.steps).toEqual(inline.steps);
+  });
+});
+
+/** Every leaf value of the bundle, with a path to reach it. */
+function leaves(v: Json, path: (string | number)[] = [], out: { path: (string | number)[]; value: Json }[] = []) {
+  if (v !== null && typeof v === "object") {
+    if (Array.isArray(v)) v.forEach((x, i) => leaves(x, [...path, i], out));
+    else for (const [k, x] of Object.entries(v)) leaves(x, [...path, k], out);
+  } else out.push({ path, value: v });
+  return out;
+}
+
+function setAt(doc: Json, path: (string | number)[], value: Json): Json {
+  const copy = structuredClone(doc) as { [k: string]: Json };
+  let node: Json = copy;
+  for (const p of path.slice(0, -1)) node = (node as Record<string | number, Json>)[p as string]!;
+  (node as Record<string | number, Json>)[path[path.length - 1] as string] = value;
+  return copy;
+}
+
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/** Replaces the character at i by another of the same class, so the value stays plausible. */
+function mutateChar(s: string, i: number): string {
+  const c = s[i]!;
+  let r: string;
+  if (/[0-9a-f]/.test(c) && /^[0-9a-f]+$/.test(s)) r = c === "0" ? "1" : "0";
+  else if (B64.includes(c)) r = B64[(B64.indexOf(c) + 17) % 64]!;
+  else if (c === "\n") r = " ";
+  else r = c === "x" ? "y" : "x";
+  return s.slice(0, i) + r + s.slice(i + 1);
+}
+
+/**
+ * created_utc is unsigned export metadata; format is the file-type marker, and
+ * a bundle with another format is not a cmcp bundle at all (exit 2, tested below).
+ */
+const UNSIGNED = new Set(["created_utc", "format"]);
+
+describe("tampering", () => {
+  it("exhaustive over a small bundle: every value changed fails with exit-1 semantics", async () => {
+    const all = leaves(smallJson).filter((l) => !UNSIGNED.has(String(l.path[0])));
+    // Records whose every character is mutated: one receipt of each type, the first of every other kind.
+    const receipts = smallJson.receipts as { type: string }[];
+    const everyChar = new Set<string>(["checkpoints.0", "claims.0", "inclusion_proofs.0", "consistency_proofs.0", "keys.0", "origin"]);
+    for (const t of new Set(receipts.map((r) => r.type))) everyChar.add(`receipts.${receipts.findIndex((r) => r.type === t)}`);
+    let cases = 0;
+    const misses: string[] = [];
+    for (const { path, value } of all) {
+      const variants: Json[] = [];
+      if (typeof value === "number") variants.push(value + 1, value === 0 ? 2 : value - 1);
+      else if (typeof value === "boolean") variants.push(!value);
+      else if (value === null) variants.push("x");
+      else if (typeof value === "string") {
+        const record = path.slice(0, 2).join(".");
+        const positions = everyChar.has(record) || everyChar.has(String(path[0]))
+          ? Array.from({ length: value.length }, (_, i) => i)
+          : [...new Set([0, value.length >> 1, value.length - 1])].filter((i) => i >= 0);
+        for (const i of positions) variants.push(mutateChar(value, i));
+        variants.push(value + "x", "");
+      }
+      for (const v of variants) {
+        if (JSON.stringify(v) === JSON.stringify(value)) continue;
+        cases++;
+        const r = await verifyJson(setAt(smallJson, path, v), "tampered.json");
+        if (r.ok || r.unreadable) misses.push(`${path.join(".")} -> ${JSON.stringify(v).slice(0, 60)}`);
+      }
+    }
+    expect(misses).toEqual([]);
+    expect(cases).toBeGreaterThan(3000);
+  }, 600_000);
+
+  it("a changed format marker makes the input unreadable, not verified", async () => {
+    const r = await verifyJson({ ...smallJson, format: "cmcp.evidence-bundle.v2" }, "format.json");
+    expect(r.ok).toBe(false);
+    expect(r.unreadable).toBe(true);
+  });
+
+  it("dropping, duplicating or reordering receipts fails the chain step", async () => {
+    const receipts = smallJson.receipts as Json[];
+    for (let i = 0; i < receipts.length; i++) {
+      const dropped = { ...smallJson, receipts: receipts.filter((_, j) => j !== i) };
+      const r = await verifyJson(dropped, "dropped.json");
+      expect(r.ok, `drop ${i}`).toBe(false);
+      expect(r.unreadable).toBe(false);
+    }
+    for (let i = 0; i + 1 < receipts.length; i++) {
+      const swapped = [...receipts];
+      [swapped[i], swapped[i + 1]] = [swapped[i + 1]!, swapped[i]!];
+      const r = await verifyJson({ ...smallJson, receipts: swapped }, "swapped.json");
+      expect(r.ok, `swap ${i}`).toBe(false);
+      expect(firstFailure(r)).toBe("chain");
+    }
+    const dup = [...receipts.slice(0, 3), receipts[2]!, ...receipts.slice(3)];
+    expect(firstFailure(await verifyJson({ ...smallJson, receipts: dup }, "dup.json"))).toBe("chain");
+  });
+
+  it("swapping, dropping or reordering checkpoints fails", async () => {
+    const cps = smallJson.checkpoints as string[];
+    expect(cps.length).toBeGreaterThanOrEqual(3);
+    const reordered = [cps[1]!, cps[0]!, ...cps.slice(2)];
+    expect((await verifyJson({ ...smallJson, checkpoints: reordered }, "cp1.json")).ok).toBe(false);
+    const dropped = cps.slice(1);
+    expect((await verifyJson({ ...smallJson, checkpoints: dropped }, "cp2.json")).ok).toBe(false);
+    const other = await makeBundle({ epochs: 1, receiptsPerEpoch: 5, checkpointEveryReceipts: 4 });
+    try {
+      const foreign = JSON.parse(await readFile(other.bundlePath, "utf8")).checkpoints as string[];
+      const swapped = [foreign[0]!, ...cps.slice(1)];
+      const r = await verifyJson({ ...smallJson, checkpoints: swapped }, "cp3.json");
+      expect(r.ok).toBe(false);
+      expect(firstFailure(r)).toBe("checkpoints");
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it("a whole bundle re-signed with fresh keys fails anchoring against the original keys", async () => {
+    const forged = await makeBundle({ epochs: 2, receiptsPerEpoch: 5, sessions: 2, checkpointEveryReceipts: 4 });
+    try {
+      const selfConsistent = await verifyBundleFile(forged.bundlePath, { allowUnanchored: true });
+      expect(selfConsistent.ok).toBe(true);
+      const r = await verifyBundleFile(forged.bundlePath, { trustedKeys: trusted });
+      expect(r.ok).toBe(false);
+      expect(firstFailure(r)).toBe("keys");
+    } finally {
+      await forged.cleanup();
+    }
+  });
+
+  it("random single-value changes over a large bundle all fail", async () => {
+    const large = await makeBundle({ epochs: 3, receiptsPerEpoch: 700, sessions: 5, checkpointEveryReceipts: 250 });
+    try {
+      const doc = JSON.parse(await readFile(large.bundlePath, "utf8")) as { [k: string]: Json };
+      const all = leaves(doc).filter((l) => !UNSIGNED.has(String(l.path[0])));
+      const keys = large.signers.map((s) => s.keyId);
+      let seed = 12345;
+      const rand = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return seed % n;
+      };
+      const misses: string[] = [];
+      for (let k = 0; k < 40; k++) {
+        const { path, value } = all[rand(all.length)]!;
+        const v: Json =
+          typeof value === "string" && value.length > 0 ? mutateChar(value, rand(value.length)) : typeof value === "number" ? value + 1 + rand(5) : "x";
+        const path2 = join(large.dir, "t.json");
+        await writeFile(path2, JSON.stringify(setAt(doc, path, v)));
+        const r = await verifyBundleFile(path2, { trustedKeys: keys, workers: 0 });
+        if (r.ok || r.unreadable) misses.push(path.join("."));
+      }
+      expect(misses).toEqual([]);
+    } finally {
+      await large.cleanup();
+    }
+  });
+});
