@@ -669,7 +669,7 @@ export class ChainStore {
     });
   }
 
-  /** Reads one durable entry: one index read and one record read. */
+  /** Reads one durable entry: one record read, plus one index read in a sealed segment. */
   async read(seq: number): Promise<Uint8Array> {
     this.checkRange(seq, this._durable - 1);
     const segment = this.segmentOf(seq);
@@ -687,8 +687,10 @@ export class ChainStore {
     } catch (err) {
       if (!(err instanceof CmcpError && err.code === "store.corrupt")) throw ioError("read", err);
       // The index is only a cache: rebuild it from the segment and look again.
-      await this.heal(segment, err.message);
-      return await readSealed(this.io, segment, seq);
+      return this.heal(segment, err.message).then(
+        () => readSealed(this.io, segment, seq),
+        (e: unknown) => Promise.reject(ioError("read", e)),
+      );
     }
   }
 
@@ -702,17 +704,21 @@ export class ChainStore {
       const stop = Math.min(to, segment.first + segment.count);
       const end = segment.size;
       const start = await this.offsetOf(segment, seq);
-      const h = await this.io.open(segment.seg, "r");
+      const h = await this.io
+        .open(segment.seg, "r")
+        .catch((err: unknown) => Promise.reject(ioError("read", err)));
       try {
-        for await (const item of scanRecords(this.io, h, start, end, seq)) {
+        const records = scanRecords(this.io, h, start, end, seq);
+        while (seq < stop) {
+          const next = await records.next().catch((err: unknown) => Promise.reject(ioError("read", err)));
+          if (next.done === true) throw corrupt(segment.seg, end, "segment ends early");
+          const item = next.value;
           if (item.kind === "damage") throw corrupt(segment.seg, item.offset, item.reason);
           yield { seq, entry: item.payload.slice() };
           seq++;
-          if (seq >= stop) break;
         }
-        if (seq < stop) throw corrupt(segment.seg, end, "segment ends early");
       } finally {
-        await this.io.close(h);
+        await this.io.close(h).catch(() => undefined);
       }
     }
   }
@@ -883,8 +889,10 @@ export class ChainStore {
       return await sealedOffset(this.io, segment, seq);
     } catch (err) {
       if (!(err instanceof CmcpError && err.code === "store.corrupt")) throw ioError("read", err);
-      await this.heal(segment, err.message);
-      return await sealedOffset(this.io, segment, seq);
+      return this.heal(segment, err.message).then(
+        () => sealedOffset(this.io, segment, seq),
+        (e: unknown) => Promise.reject(ioError("read", e)),
+      );
     }
   }
 
@@ -913,7 +921,7 @@ export class ChainStore {
 }
 
 // ---------------------------------------------------------------------------
-// Sealed segments
+// Helpers and sealed segments
 
 function safeEmitter(fn: ((e: StoreEvent) => void) | undefined): Emit {
   if (fn === undefined) return () => undefined;

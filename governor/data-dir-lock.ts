@@ -5,10 +5,12 @@
  * holds it, since the store's tail may be mid-write.
  */
 import { open, readFile, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { CmcpError } from "../artifacts/errors.js";
 
 const LOCK_FILE = "governor.lock";
+/** Directories this process holds: a pid file cannot tell two holders in one process apart. */
+const heldHere = new Set<string>();
 
 function alive(pid: number): boolean {
   try {
@@ -20,6 +22,7 @@ function alive(pid: number): boolean {
 }
 
 export async function lockHolder(dataDir: string): Promise<number | null> {
+  if (heldHere.has(resolve(dataDir))) return process.pid;
   try {
     const pid = Number((await readFile(join(dataDir, LOCK_FILE), "utf8")).trim());
     return Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid) ? pid : null;
@@ -29,6 +32,8 @@ export async function lockHolder(dataDir: string): Promise<number | null> {
 }
 
 export async function acquireDataDirLock(dataDir: string): Promise<() => Promise<void>> {
+  const key = resolve(dataDir);
+  if (heldHere.has(key)) throw new CmcpError("chain.locked", `data directory ${dataDir} is already open in this process`);
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -36,7 +41,9 @@ export async function acquireDataDirLock(dataDir: string): Promise<() => Promise
       await fh.writeFile(`${process.pid}\n`);
       await fh.sync();
       await fh.close();
+      heldHere.add(key);
       return async () => {
+        heldHere.delete(key);
         await unlink(path).catch(() => undefined);
       };
     } catch (err) {

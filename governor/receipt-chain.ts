@@ -120,6 +120,7 @@ export class ReceiptChain {
   #sinceCheckpoint = 0;
   #lastDurable: Promise<unknown> = Promise.resolve();
   #checkpointing: Promise<StoredCheckpoint | null> | null = null;
+  #checkpointQueued: Promise<StoredCheckpoint | null> | null = null;
   #timer: NodeJS.Timeout | undefined;
   #failure: CmcpError | undefined;
   #closed = false;
@@ -293,7 +294,18 @@ export class ReceiptChain {
    * Concurrent calls share one checkpoint.
    */
   checkpoint(): Promise<StoredCheckpoint | null> {
-    if (this.#checkpointing) return this.#checkpointing;
+    // One checkpoint at a time; a request made meanwhile gets one that starts after it, so it covers
+    // every receipt appended before the request. Further requests share that queued one.
+    if (this.#checkpointing) {
+      this.#checkpointQueued ??= this.#checkpointing.then(
+        () => undefined,
+        () => undefined,
+      ).then(() => {
+        this.#checkpointQueued = null;
+        return this.checkpoint();
+      });
+      return this.#checkpointQueued;
+    }
     const run = async (): Promise<StoredCheckpoint | null> => {
       const size = this.#acc.size;
       if (size === 0 || this.#lastCheckpoint?.size === size) return this.#lastCheckpoint;
