@@ -9,15 +9,17 @@
  *
  * Limits: containers may nest at most `maxDepth` levels (default
  * JCS_MAX_DEPTH = 1000, top-level container = depth 1). The serializer is
- * recursive; 1000 frames is far below V8's default stack, and the limit also
- * turns a cyclic value into a `jcs.depth` error instead of a stack overflow.
+ * recursive (two frames per level); 1000 levels stay well inside V8's default
+ * stack, and the limit also turns a cyclic value into a `jcs.depth` error
+ * instead of a stack overflow. Objects from another realm (vm contexts) have a
+ * different Object.prototype and are refused as non-plain.
  */
 import { CmcpError } from "./errors.js";
 
 export const JCS_MAX_DEPTH = 1000;
 
 export interface CanonicalizeOptions {
-  /** Maximum container nesting; default JCS_MAX_DEPTH. */
+  /** Maximum container nesting, a non-negative integer; default JCS_MAX_DEPTH. */
   maxDepth?: number;
 }
 
@@ -41,6 +43,9 @@ class Fault {
 /** Returns the RFC 8785 canonical JSON text of `value`. */
 export function canonicalize(value: unknown, options?: CanonicalizeOptions): string {
   const maxDepth = options?.maxDepth ?? JCS_MAX_DEPTH;
+  if (!Number.isInteger(maxDepth) || maxDepth < 0) {
+    throw new CmcpError("jcs.options", "maxDepth must be a non-negative integer");
+  }
   try {
     return serialize(value, maxDepth);
   } catch (err) {

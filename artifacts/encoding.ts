@@ -20,7 +20,10 @@ export function fromHex(text: string, expectedLength?: number): Uint8Array {
   if (text.length % 2 !== 0) throw new CmcpError("encoding.hex", "hex value has odd length");
   if (!HEX_RE.test(text)) throw new CmcpError("encoding.hex", "hex value has characters outside [0-9a-f]");
   if (expectedLength !== undefined && text.length !== expectedLength * 2) {
-    throw new CmcpError("encoding.hex", `hex value must encode ${expectedLength} bytes, got ${text.length / 2}`);
+    throw new CmcpError(
+      "encoding.hex",
+      `hex value must encode ${expectedLength} bytes, got ${text.length / 2}`,
+    );
   }
   return new Uint8Array(Buffer.from(text, "hex"));
 }
@@ -44,7 +47,10 @@ export function fromBase64(text: string, expectedLength?: number): Uint8Array {
     throw new CmcpError("encoding.base64", "base64 value is not canonical (non-zero padding bits)");
   }
   if (expectedLength !== undefined && bytes.length !== expectedLength) {
-    throw new CmcpError("encoding.base64", `base64 value must encode ${expectedLength} bytes, got ${bytes.length}`);
+    throw new CmcpError(
+      "encoding.base64",
+      `base64 value must encode ${expectedLength} bytes, got ${bytes.length}`,
+    );
   }
   return bytes;
 }
@@ -64,7 +70,10 @@ export function fromBase64Url(text: string, expectedLength?: number): Uint8Array
     throw new CmcpError("encoding.base64url", "base64url value is not canonical (non-zero padding bits)");
   }
   if (expectedLength !== undefined && bytes.length !== expectedLength) {
-    throw new CmcpError("encoding.base64url", `base64url value must encode ${expectedLength} bytes, got ${bytes.length}`);
+    throw new CmcpError(
+      "encoding.base64url",
+      `base64url value must encode ${expectedLength} bytes, got ${bytes.length}`,
+    );
   }
   return bytes;
 }

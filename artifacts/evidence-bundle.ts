@@ -98,7 +98,8 @@ export async function writeBundle(
     bytes += chunk.length;
   };
   const push = async (b: Uint8Array | string) => {
-    const buf = typeof b === "string" ? Buffer.from(b, "utf8") : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    const buf =
+      typeof b === "string" ? Buffer.from(b, "utf8") : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
     buffered.push(buf);
     bufferedBytes += buf.length;
     if (bufferedBytes >= 1 << 20) await flush();

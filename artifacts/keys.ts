@@ -3,7 +3,14 @@
  * CLI verifier. `ed25519-noble.ts` holds the pure-JS equivalent for code that
  * must also run in a browser; tests check that both agree.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  verify,
+  type KeyObject,
+} from "node:crypto";
 import { concatBytes, toHex } from "./encoding.js";
 import { CmcpError } from "./errors.js";
 import { sha256Hex } from "./hash.js";
@@ -22,7 +29,8 @@ const PKCS8_PREFIX = Uint8Array.from([
  * what receipts name as their signer and what an auditor passes to --key.
  */
 export function keyId(publicKey: Uint8Array): string {
-  if (publicKey.length !== PUBLIC_KEY_SIZE) throw new CmcpError("key.size", "Ed25519 public key must be 32 bytes");
+  if (publicKey.length !== PUBLIC_KEY_SIZE)
+    throw new CmcpError("key.size", "Ed25519 public key must be 32 bytes");
   return sha256Hex(publicKey);
 }
 
@@ -73,7 +81,11 @@ function publicKeyObject(publicKey: Uint8Array): KeyObject {
   const hex = toHex(publicKey);
   let key = publicKeyCache.get(hex);
   if (!key) {
-    key = createPublicKey({ key: Buffer.from(concatBytes(SPKI_PREFIX, publicKey)), format: "der", type: "spki" });
+    key = createPublicKey({
+      key: Buffer.from(concatBytes(SPKI_PREFIX, publicKey)),
+      format: "der",
+      type: "spki",
+    });
     if (publicKeyCache.size >= PUBLIC_KEY_CACHE_MAX) publicKeyCache.clear();
     publicKeyCache.set(hex, key);
   }

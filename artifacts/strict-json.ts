@@ -109,7 +109,7 @@ function decodeUtf8(bytes: Uint8Array): string {
     // Slow path only: locate the fault for the error message.
     const bad = findInvalidUtf8(bytes);
     if (bad < 0) {
-      // Valid after all (e.g. a view the decoder refuses, such as one over a SharedArrayBuffer).
+      // Defensive: the decoder refused bytes that are valid UTF-8; decode them another way.
       return Buffer.from(bytes).toString("utf8");
     }
     throw new CmcpError("json.utf8", `invalid UTF-8 sequence at offset ${bad}`, { offset: bad });

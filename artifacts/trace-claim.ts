@@ -28,7 +28,11 @@ export interface TraceClaim {
   timestamp_utc: string;
   signing_key: { kid: string; public_key: string };
   attestation_report: { provider: string; measurement: string | null; report_data: string };
-  policy_bundle: { hash: string | null; enforcement_mode: EnforcementMode | null; policy_version: string | null };
+  policy_bundle: {
+    hash: string | null;
+    enforcement_mode: EnforcementMode | null;
+    policy_version: string | null;
+  };
   tool_catalog: { hash: string | null };
   call_summary: CallSummary;
   /** Merkle root (hex) of the chain at checkpoint.size. */

@@ -37,12 +37,24 @@ export function buildProgram(): Command {
       "Verify an evidence bundle offline, step by step. Exit 0 when every step passes, 1 when any fails, 2 when the input is unreadable.",
     )
     .argument("<bundle>", "evidence bundle file (cmcp.evidence-bundle.v1)")
-    .option("-k, --key <key>", "trusted signer: key ID (hex), base64 Ed25519 public key, or note verifier key; repeatable", collect, [])
-    .option("--allow-unanchored", "report a bundle whose keys no --key anchors as valid but UNANCHORED instead of failing")
+    .option(
+      "-k, --key <key>",
+      "trusted signer: key ID (hex), base64 Ed25519 public key, or note verifier key; repeatable",
+      collect,
+      [],
+    )
+    .option(
+      "--allow-unanchored",
+      "report a bundle whose keys no --key anchors as valid but UNANCHORED instead of failing",
+    )
     .option("--policy-hash <hex>", "approved policy bundle hash every decision must name")
     .option("--catalog-hash <hex>", "approved tool catalog hash every decision must name")
     .option("--json", "print the report as JSON")
-    .addOption(new Option("--workers <n>", "worker threads for signature checks (0: none)").argParser((v) => parseCount(v, "--workers")))
+    .addOption(
+      new Option("--workers <n>", "worker threads for signature checks (0: none)").argParser((v) =>
+        parseCount(v, "--workers"),
+      ),
+    )
     .action(async (bundle: string, opts: VerifyCliOptions) => {
       const { runVerify } = await import("./verify-command.js");
       process.exitCode = await runVerify(bundle, opts);
@@ -50,18 +62,29 @@ export function buildProgram(): Command {
 
   program
     .command("export")
-    .description("Export an evidence bundle (or one receipt's C2SP tlog-proof) from a stopped governor's data directory.")
+    .description(
+      "Export an evidence bundle (or one receipt's C2SP tlog-proof) from a stopped governor's data directory.",
+    )
     .requiredOption("-d, --data-dir <dir>", "the governor's data directory")
     .requiredOption("-o, --out <file>", "output file")
-    .addOption(new Option("--tlog-proof <seq>", "write a C2SP tlog-proof for receipt <seq> instead of a bundle").argParser((v) => parseCount(v, "--tlog-proof")))
+    .addOption(
+      new Option(
+        "--tlog-proof <seq>",
+        "write a C2SP tlog-proof for receipt <seq> instead of a bundle",
+      ).argParser((v) => parseCount(v, "--tlog-proof")),
+    )
     .action(async (opts: { dataDir: string; out: string; tlogProof?: number }) => {
       const { exportBundle, exportTlogProof } = await import("../governor/export-bundle.js");
       if (opts.tlogProof !== undefined) {
         const r = await exportTlogProof(opts.dataDir, opts.tlogProof, opts.out);
-        process.stdout.write(`wrote tlog-proof for receipt ${opts.tlogProof} against checkpoint size ${r.checkpointSize} to ${opts.out}\n`);
+        process.stdout.write(
+          `wrote tlog-proof for receipt ${opts.tlogProof} against checkpoint size ${r.checkpointSize} to ${opts.out}\n`,
+        );
       } else {
         const r = await exportBundle(opts.dataDir, opts.out);
-        process.stdout.write(`wrote ${r.receipts} receipts, ${r.checkpoints} checkpoints, ${r.claims} claims (${r.bytes} bytes) to ${opts.out}\n`);
+        process.stdout.write(
+          `wrote ${r.receipts} receipts, ${r.checkpoints} checkpoints, ${r.claims} claims (${r.bytes} bytes) to ${opts.out}\n`,
+        );
       }
     });
 
@@ -78,7 +101,12 @@ export interface VerifyCliOptions {
 }
 
 function parseCount(value: string, flag: string): number {
-  if (!/^\d{1,15}$/.test(value)) throw new CommanderError(EXIT_USAGE, "cmcp.usage", `${flag} needs a non-negative integer, got "${value}"`);
+  if (!/^\d{1,15}$/.test(value))
+    throw new CommanderError(
+      EXIT_USAGE,
+      "cmcp.usage",
+      `${flag} needs a non-negative integer, got "${value}"`,
+    );
   return Number(value);
 }
 
@@ -90,11 +118,20 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof CommanderError) {
       // --help and --version exit 0; every usage error exits 2.
-      if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.code === "commander.help") return 0;
+      if (
+        err.code === "commander.helpDisplayed" ||
+        err.code === "commander.version" ||
+        err.code === "commander.help"
+      )
+        return 0;
       if (err.code === "cmcp.usage") process.stderr.write(`cmcp: ${err.message}\n`);
       return EXIT_USAGE;
     }
-    const message = isCmcpError(err) ? `${err.message} [${err.code}]` : err instanceof Error ? err.message : String(err);
+    const message = isCmcpError(err)
+      ? `${err.message} [${err.code}]`
+      : err instanceof Error
+        ? err.message
+        : String(err);
     process.stderr.write(`cmcp: ${message}\n`);
     return isCmcpError(err) ? EXIT_USAGE : 1;
   }

@@ -6,7 +6,9 @@ const MARK = { pass: "PASS", fail: "FAIL", warn: "WARN", skip: "skip" } as const
 
 export function formatReport(report: VerifyReport): string {
   const lines = report.steps.map((s) => {
-    const rec = s.record ? ` [${s.record.kind} #${s.record.index}${s.record.seq !== undefined ? `, seq ${s.record.seq}` : ""}]` : "";
+    const rec = s.record
+      ? ` [${s.record.kind} #${s.record.index}${s.record.seq !== undefined ? `, seq ${s.record.seq}` : ""}]`
+      : "";
     const more = s.failures > 1 ? ` (+${s.failures - 1} more)` : "";
     return `${String(s.n).padStart(2)}. [${MARK[s.status]}] ${s.title}: ${s.detail}${rec}${more}`;
   });

@@ -38,7 +38,9 @@ const schema = {
     log: {
       type: "object",
       additionalProperties: false,
-      properties: { origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" } },
+      properties: {
+        origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" },
+      },
     },
     checkpoint: {
       type: "object",
@@ -64,7 +66,7 @@ export async function loadConfig(path?: string): Promise<GovernorConfig> {
   try {
     value = parseJson(await readFile(path), { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
   } catch (err) {
-    const why = isCmcpError(err) ? err.message : (err as NodeJS.ErrnoException).code ?? String(err);
+    const why = isCmcpError(err) ? err.message : ((err as NodeJS.ErrnoException).code ?? String(err));
     throw new CmcpError("config.read", `cannot read config ${path}: ${why}`);
   }
   if (!validate(value)) {

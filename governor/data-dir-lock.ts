@@ -33,7 +33,8 @@ export async function lockHolder(dataDir: string): Promise<number | null> {
 
 export async function acquireDataDirLock(dataDir: string): Promise<() => Promise<void>> {
   const key = resolve(dataDir);
-  if (heldHere.has(key)) throw new CmcpError("chain.locked", `data directory ${dataDir} is already open in this process`);
+  if (heldHere.has(key))
+    throw new CmcpError("chain.locked", `data directory ${dataDir} is already open in this process`);
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {

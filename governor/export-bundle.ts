@@ -6,7 +6,7 @@
 import { join } from "node:path";
 import { writeFile } from "node:fs/promises";
 import { toBase64 } from "../artifacts/encoding.js";
-import { CmcpError } from "../artifacts/errors.js";
+import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import {
   BUNDLE_FORMAT,
   writeBundle,
@@ -20,11 +20,12 @@ import { parseJson } from "../artifacts/strict-json.js";
 import { formatTlogProof } from "../artifacts/tlog-proof.js";
 import { utcTimestamp } from "../artifacts/receipt.js";
 import { ChainStore } from "./chain-store.js";
-import { lockHolder } from "./data-dir-lock.js";
+import { acquireDataDirLock } from "./data-dir-lock.js";
 import { listCheckpoints, listClaims, readLogInfo, type StoredCheckpoint } from "./receipt-chain.js";
 
 interface ChainIndex {
   store: ChainStore;
+  release(): Promise<void>;
   origin: string;
   tree: MerkleTree;
   keys: BundleKey[];
@@ -33,32 +34,58 @@ interface ChainIndex {
 }
 
 async function indexChain(dataDir: string): Promise<ChainIndex> {
-  const holder = await lockHolder(dataDir);
-  if (holder !== null) {
-    throw new CmcpError("export.locked", `governor pid ${holder} is running on ${dataDir}; stop it first (live export arrives with the admin interface)`);
-  }
   const { origin } = await readLogInfo(dataDir);
-  const store = await ChainStore.open({ dir: join(dataDir, "chain") });
+  // Hold the governor's lock for the whole export: opening the store may repair its tail.
+  let unlock: () => Promise<void>;
+  try {
+    unlock = await acquireDataDirLock(dataDir);
+  } catch (err) {
+    if (!isCmcpError(err, "chain.locked")) throw err;
+    throw new CmcpError(
+      "export.locked",
+      `${err.message}; stop the governor first (live export arrives with the admin interface)`,
+    );
+  }
+  let store: ChainStore;
+  try {
+    store = await ChainStore.open({ dir: join(dataDir, "chain") });
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
+  const release = async () => {
+    await store.close();
+    await unlock();
+  };
   const tree = new MerkleTree();
   const keys: BundleKey[] = [];
   const epochStarts: number[] = [];
-  for await (const { seq, entry } of store.entries()) {
-    tree.append(leafHash(entry));
-    const r = parseJson(entry) as Receipt;
-    if (r.type === "epoch_start") {
-      keys.push({ kid: r.kid, public_key: (r.data as unknown as EpochStartData).public_key });
-      epochStarts.push(seq);
+  let checkpoints: StoredCheckpoint[];
+  try {
+    for await (const { seq, entry } of store.entries()) {
+      tree.append(leafHash(entry));
+      const r = parseJson(entry) as Receipt;
+      if (r.type === "epoch_start") {
+        keys.push({ kid: r.kid, public_key: (r.data as unknown as EpochStartData).public_key });
+        epochStarts.push(seq);
+      }
     }
+    checkpoints = await listCheckpoints(dataDir, store.durableSize);
+  } catch (err) {
+    await release();
+    throw err;
   }
-  const checkpoints = await listCheckpoints(dataDir, store.durableSize);
-  return { store, origin, tree, keys, epochStarts, checkpoints };
+  return { store, release, origin, tree, keys, epochStarts, checkpoints };
 }
 
 function coveringCheckpoint(checkpoints: StoredCheckpoint[], seq: number): StoredCheckpoint | undefined {
   return checkpoints.find((c) => c.size > seq);
 }
 
-export async function exportBundle(dataDir: string, out: string): Promise<{ receipts: number; bytes: number; checkpoints: number; claims: number }> {
+export async function exportBundle(
+  dataDir: string,
+  out: string,
+): Promise<{ receipts: number; bytes: number; checkpoints: number; claims: number }> {
   const ix = await indexChain(dataDir);
   try {
     const claims = await listClaims(dataDir);
@@ -67,7 +94,11 @@ export async function exportBundle(dataDir: string, out: string): Promise<{ rece
     for (const seq of [...wanted].sort((a, b) => a - b)) {
       const cp = coveringCheckpoint(ix.checkpoints, seq);
       if (!cp) continue;
-      proofs.push({ seq, checkpoint_size: cp.size, proof: ix.tree.inclusionProof(seq, cp.size).map(toBase64) });
+      proofs.push({
+        seq,
+        checkpoint_size: cp.size,
+        proof: ix.tree.inclusionProof(seq, cp.size).map(toBase64),
+      });
     }
     const consistency = [];
     for (let i = 1; i < ix.checkpoints.length; i++) {
@@ -95,12 +126,16 @@ export async function exportBundle(dataDir: string, out: string): Promise<{ rece
     const written = await writeBundle(out, header, entries);
     return { ...written, checkpoints: ix.checkpoints.length, claims: claims.length };
   } finally {
-    await ix.store.close();
+    await ix.release();
   }
 }
 
 /** Writes a C2SP tlog-proof for one receipt against the first checkpoint that covers it. */
-export async function exportTlogProof(dataDir: string, seq: number, out: string): Promise<{ checkpointSize: number }> {
+export async function exportTlogProof(
+  dataDir: string,
+  seq: number,
+  out: string,
+): Promise<{ checkpointSize: number }> {
   const ix = await indexChain(dataDir);
   try {
     if (!Number.isSafeInteger(seq) || seq < 0 || seq >= ix.tree.size) {
@@ -108,10 +143,14 @@ export async function exportTlogProof(dataDir: string, seq: number, out: string)
     }
     const cp = coveringCheckpoint(ix.checkpoints, seq);
     if (!cp) throw new CmcpError("export.no-checkpoint", `no checkpoint covers receipt ${seq} yet`);
-    const text = formatTlogProof({ index: seq, proof: ix.tree.inclusionProof(seq, cp.size), checkpointNote: cp.note });
+    const text = formatTlogProof({
+      index: seq,
+      proof: ix.tree.inclusionProof(seq, cp.size),
+      checkpointNote: cp.note,
+    });
     await writeFile(out, text);
     return { checkpointSize: cp.size };
   } finally {
-    await ix.store.close();
+    await ix.release();
   }
 }

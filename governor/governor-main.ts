@@ -36,9 +36,12 @@ export async function runGovernor(options: StartOptions): Promise<number> {
   log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
   log(`data dir ${dataDir}, log origin "${chain.origin}", ${chain.size} receipts`);
   log(`no MCP endpoint yet: the runtime arrives with the two-process gateway; SIGTERM or Ctrl-C stops`);
+  // Until the runtime exists nothing else holds the event loop open; keep it until a signal.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
   await new Promise<void>((done) => {
     const stop = (signal: string) => {
       log(`${signal}: writing final checkpoint`);
+      clearInterval(keepAlive);
       done();
     };
     process.once("SIGTERM", () => stop("SIGTERM"));

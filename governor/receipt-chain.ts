@@ -138,7 +138,12 @@ export class ReceiptChain {
     this.signer = options.signer;
     this.provider = options.provider;
     this.dataDir = options.dataDir;
-    this.policy = options.policy ?? { bundle_hash: null, catalog_hash: null, enforcement_mode: null, policy_version: null };
+    this.policy = options.policy ?? {
+      bundle_hash: null,
+      catalog_hash: null,
+      enforcement_mode: null,
+      policy_version: null,
+    };
     this.#store = store;
     this.#acc = acc;
     this.#prev = prev;
@@ -207,7 +212,10 @@ export class ReceiptChain {
   /** Signs and durably appends one receipt. Rejects (fail closed) once the store has failed. */
   append(event: ReceiptEvent): Promise<AppendedReceipt> {
     const { policy, ...rest } = event;
-    return this.#append({ ...rest, policy: policy ?? { bundle_hash: this.policy.bundle_hash, catalog_hash: this.policy.catalog_hash } });
+    return this.#append({
+      ...rest,
+      policy: policy ?? { bundle_hash: this.policy.bundle_hash, catalog_hash: this.policy.catalog_hash },
+    });
   }
 
   #append(fields: Pick<Receipt, "type" | "subject" | "policy"> & Partial<Receipt>): Promise<AppendedReceipt> {
@@ -235,7 +243,12 @@ export class ReceiptChain {
     } as const;
     const signed = signReceipt(unsigned, this.signer);
     if (seq !== this.#store.nextSeq) {
-      return Promise.reject(new CmcpError("chain.order", `chain and store disagree on the next seq (${seq} vs ${this.#store.nextSeq})`));
+      return Promise.reject(
+        new CmcpError(
+          "chain.order",
+          `chain and store disagree on the next seq (${seq} vs ${this.#store.nextSeq})`,
+        ),
+      );
     }
     const durable = this.#store.append(signed.entry);
     this.#acc.append(leafHash(signed.entry));
@@ -247,14 +260,20 @@ export class ReceiptChain {
         throw this.#fail(err);
       },
     );
-    if (fields.type !== "checkpoint" && ++this.#sinceCheckpoint >= this.#everyReceipts) this.#backgroundCheckpoint();
+    if (fields.type !== "checkpoint" && ++this.#sinceCheckpoint >= this.#everyReceipts)
+      this.#backgroundCheckpoint();
     return result;
   }
 
   #fail(err: unknown): CmcpError {
     if (!this.#failure) {
       const cause = isCmcpError(err) ? err.message : String(err);
-      this.#failure = new CmcpError("chain.failed", `receipt chain stopped accepting records: ${cause}`, undefined, { cause: err });
+      this.#failure = new CmcpError(
+        "chain.failed",
+        `receipt chain stopped accepting records: ${cause}`,
+        undefined,
+        { cause: err },
+      );
       this.#onEvent({ kind: "failed", error: this.#failure.message });
     }
     return this.#failure;
@@ -285,7 +304,9 @@ export class ReceiptChain {
   }
 
   #backgroundCheckpoint(): void {
-    this.checkpoint().catch((err: unknown) => this.#onEvent({ kind: "checkpoint-failed", error: String((err as Error).message ?? err) }));
+    this.checkpoint().catch((err: unknown) =>
+      this.#onEvent({ kind: "checkpoint-failed", error: String((err as Error).message ?? err) }),
+    );
   }
 
   /**
@@ -297,13 +318,15 @@ export class ReceiptChain {
     // One checkpoint at a time; a request made meanwhile gets one that starts after it, so it covers
     // every receipt appended before the request. Further requests share that queued one.
     if (this.#checkpointing) {
-      this.#checkpointQueued ??= this.#checkpointing.then(
-        () => undefined,
-        () => undefined,
-      ).then(() => {
-        this.#checkpointQueued = null;
-        return this.checkpoint();
-      });
+      this.#checkpointQueued ??= this.#checkpointing
+        .then(
+          () => undefined,
+          () => undefined,
+        )
+        .then(() => {
+          this.#checkpointQueued = null;
+          return this.checkpoint();
+        });
       return this.#checkpointQueued;
     }
     const run = async (): Promise<StoredCheckpoint | null> => {
@@ -313,7 +336,9 @@ export class ReceiptChain {
       this.#sinceCheckpoint = 0;
       await this.#lastDurable;
       if (this.#failure) throw this.#failure;
-      const note = signCheckpoint({ origin: this.origin, size, rootHash: root }, [{ name: this.origin, signer: this.signer }]);
+      const note = signCheckpoint({ origin: this.origin, size, rootHash: root }, [
+        { name: this.origin, signer: this.signer },
+      ]);
       await writeFileDurable(join(this.dataDir, CHECKPOINT_DIR, checkpointFileName(size)), utf8(note));
       const stored = { size, rootHash: toHex(root), note };
       this.#lastCheckpoint = stored;
@@ -338,7 +363,10 @@ export class ReceiptChain {
    * the session's calls from the durable receipts it covers, and stores it
    * beside the chain for export.
    */
-  async issueClaim(sessionId: string, attestation: { measurement: string | null } = { measurement: null }): Promise<TraceClaim> {
+  async issueClaim(
+    sessionId: string,
+    attestation: { measurement: string | null } = { measurement: null },
+  ): Promise<TraceClaim> {
     const cp = await this.checkpoint();
     if (!cp) throw new CmcpError("chain.empty", "nothing to claim: the chain is empty");
     const builder = new CallSummaryBuilder(sessionId);
@@ -408,10 +436,16 @@ async function replayChain(store: ChainStore): Promise<Replay> {
     try {
       r = parseJson(entry) as Receipt;
     } catch (err) {
-      throw new CmcpError("chain.corrupt", `stored receipt ${seq} is not valid JSON: ${(err as Error).message}`);
+      throw new CmcpError(
+        "chain.corrupt",
+        `stored receipt ${seq} is not valid JSON: ${(err as Error).message}`,
+      );
     }
     if (r.seq !== seq || r.prev !== prev) {
-      throw new CmcpError("chain.corrupt", `stored receipt ${seq} does not link to its predecessor; refusing to extend a broken chain`);
+      throw new CmcpError(
+        "chain.corrupt",
+        `stored receipt ${seq} does not link to its predecessor; refusing to extend a broken chain`,
+      );
     }
     if (r.type === "checkpoint") {
       const d = r.data as unknown as CheckpointData;
@@ -434,7 +468,10 @@ async function bindOrigin(dataDir: string, origin: string): Promise<void> {
   }
   if (existing) {
     if (existing.origin !== origin) {
-      throw new CmcpError("chain.origin", `data directory belongs to log "${existing.origin}", not "${origin}"`);
+      throw new CmcpError(
+        "chain.origin",
+        `data directory belongs to log "${existing.origin}", not "${origin}"`,
+      );
     }
     return;
   }
@@ -445,14 +482,19 @@ export async function readLogInfo(dataDir: string): Promise<LogInfo> {
   try {
     return parseJson(await readFile(join(dataDir, LOG_INFO))) as LogInfo;
   } catch (err) {
-    throw new CmcpError("chain.not-found", `${dataDir} holds no cmcp receipt chain (${(err as Error).message})`);
+    throw new CmcpError(
+      "chain.not-found",
+      `${dataDir} holds no cmcp receipt chain (${(err as Error).message})`,
+    );
   }
 }
 
 /** Stored checkpoints with size <= maxSize, ascending. */
 export async function listCheckpoints(dataDir: string, maxSize: number): Promise<StoredCheckpoint[]> {
   const dir = join(dataDir, CHECKPOINT_DIR);
-  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{20}\.note$/.test(n)).sort();
+  const names = (await readdir(dir).catch(() => [] as string[]))
+    .filter((n) => /^\d{20}\.note$/.test(n))
+    .sort();
   const out: StoredCheckpoint[] = [];
   for (const name of names) {
     const size = Number(name.slice(0, 20));

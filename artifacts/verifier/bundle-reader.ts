@@ -92,7 +92,10 @@ export async function scanBundle(
         captureBytes += part.length;
         if (captureBytes > captureLimit) {
           const what = state === State.ReceiptElement ? "a receipt" : `member "${currentKey}"`;
-          throw new CmcpError("bundle.too-large", `${what} exceeds ${captureLimit} bytes (ends after byte ${offset + end})`);
+          throw new CmcpError(
+            "bundle.too-large",
+            `${what} exceeds ${captureLimit} bytes (ends after byte ${offset + end})`,
+          );
         }
         if (state === State.ReceiptElement ? handlers.wantReceipts : true) capture.push(Buffer.from(part));
         captureStart = -1;
@@ -167,7 +170,8 @@ export async function scanBundle(
           case State.AfterReceipt:
             if (WS[c]) break;
             if (c === 0x5d) {
-              if (state === State.ReceiptOrEnd && receiptCount > 0) fail("expected a receipt after ','", offset + i);
+              if (state === State.ReceiptOrEnd && receiptCount > 0)
+                fail("expected a receipt after ','", offset + i);
               state = State.AfterValue;
               break;
             }
@@ -280,7 +284,10 @@ async function openSource(source: string | Uint8Array): Promise<ByteSource> {
   }
   try {
     const fh = await open(source, "r");
-    return { read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead, close: () => fh.close() };
+    return {
+      read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead,
+      close: () => fh.close(),
+    };
   } catch (err) {
     throw new CmcpError("bundle.io", `cannot open ${source}: ${(err as NodeJS.ErrnoException).code ?? err}`);
   }

@@ -54,7 +54,11 @@ export type ReceiptCheck =
   | { index: number; ok: true; facts: ReceiptFacts }
   | { index: number; ok: false; code: string; reason: string; seq?: number };
 
-export function checkReceipt(bytes: Uint8Array, index: number, keys: ReadonlyMap<string, Uint8Array>): ReceiptCheck {
+export function checkReceipt(
+  bytes: Uint8Array,
+  index: number,
+  keys: ReadonlyMap<string, Uint8Array>,
+): ReceiptCheck {
   let value: unknown;
   try {
     value = parseJson(bytes, RECEIPT_JSON_LIMITS);
@@ -64,7 +68,8 @@ export function checkReceipt(bytes: Uint8Array, index: number, keys: ReadonlyMap
   }
   if (!validateReceipt(value)) {
     const e = validateReceipt.errors?.[0];
-    const seq = typeof (value as { seq?: unknown })?.seq === "number" ? (value as { seq: number }).seq : undefined;
+    const seq =
+      typeof (value as { seq?: unknown })?.seq === "number" ? (value as { seq: number }).seq : undefined;
     return {
       index,
       ok: false,
@@ -76,7 +81,13 @@ export function checkReceipt(bytes: Uint8Array, index: number, keys: ReadonlyMap
   const r = value;
   const publicKey = keys.get(r.kid);
   if (!publicKey) {
-    return { index, ok: false, code: "receipt.unknown-key", reason: `signed by key ${r.kid}, which the bundle does not list`, seq: r.seq };
+    return {
+      index,
+      ok: false,
+      code: "receipt.unknown-key",
+      reason: `signed by key ${r.kid}, which the bundle does not list`,
+      seq: r.seq,
+    };
   }
   let epochStart: EpochStartData | undefined;
   if (r.type === "epoch_start") {
@@ -85,20 +96,44 @@ export function checkReceipt(bytes: Uint8Array, index: number, keys: ReadonlyMap
     try {
       introduced = fromBase64(epochStart.public_key, 32);
     } catch {
-      return { index, ok: false, code: "receipt.epoch-key", reason: "epoch_start public_key is not canonical base64", seq: r.seq };
+      return {
+        index,
+        ok: false,
+        code: "receipt.epoch-key",
+        reason: "epoch_start public_key is not canonical base64",
+        seq: r.seq,
+      };
     }
     if (keyId(introduced) !== r.kid) {
-      return { index, ok: false, code: "receipt.epoch-key", reason: "epoch_start public_key does not match its kid", seq: r.seq };
+      return {
+        index,
+        ok: false,
+        code: "receipt.epoch-key",
+        reason: "epoch_start public_key does not match its kid",
+        seq: r.seq,
+      };
     }
   }
   if (!verifyReceiptSignature(r, publicKey)) {
-    return { index, ok: false, code: "receipt.signature", reason: `signature does not verify under key ${r.kid}`, seq: r.seq };
+    return {
+      index,
+      ok: false,
+      code: "receipt.signature",
+      reason: `signature does not verify under key ${r.kid}`,
+      seq: r.seq,
+    };
   }
   let entry: Uint8Array;
   try {
     entry = canonicalBytes(r);
   } catch (err) {
-    return { index, ok: false, code: "receipt.canonical", reason: String((err as Error).message), seq: r.seq };
+    return {
+      index,
+      ok: false,
+      code: "receipt.canonical",
+      reason: String((err as Error).message),
+      seq: r.seq,
+    };
   }
   return {
     index,

@@ -19,7 +19,12 @@ import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
 import { openNote } from "../signed-note.js";
 import { parseJson } from "../strict-json.js";
-import { CallSummaryBuilder, reportDataForKey, verifyClaimSignature, type TraceClaim } from "../trace-claim.js";
+import {
+  CallSummaryBuilder,
+  reportDataForKey,
+  verifyClaimSignature,
+  type TraceClaim,
+} from "../trace-claim.js";
 import bundleSchema from "../schemas/evidence-bundle-v1.schema.json" with { type: "json" };
 import { scanBundle, BUNDLE_LIMITS } from "./bundle-reader.js";
 import { checkBatch, type ReceiptBatch, type ReceiptCheck, type ReceiptFacts } from "./check-receipt.js";
@@ -33,7 +38,11 @@ export interface StepResult {
   status: StepStatus;
   detail: string;
   /** The first offending record, when a record caused the failure. */
-  record?: { kind: "receipt" | "checkpoint" | "claim" | "inclusion_proof" | "consistency_proof" | "key"; index: number; seq?: number };
+  record?: {
+    kind: "receipt" | "checkpoint" | "claim" | "inclusion_proof" | "consistency_proof" | "key";
+    index: number;
+    seq?: number;
+  };
   failures: number;
 }
 
@@ -104,7 +113,10 @@ function recordName(kind: string, index: number, seq?: number): string {
 }
 
 /** Verifies a bundle given as a file path (streamed) or as bytes in memory. */
-export async function verifyBundleFile(path: string | Uint8Array, options: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyBundleFile(
+  path: string | Uint8Array,
+  options: VerifyOptions = {},
+): Promise<VerifyReport> {
   const steps = new Map<StepId, Step>(STEPS.map(([id]) => [id, new Step()]));
   const step = (id: StepId) => steps.get(id)!;
   const counts = { receipts: 0, epochs: 0, checkpoints: 0, claims: 0, inclusionProofs: 0 };
@@ -120,7 +132,8 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
       },
     });
     receiptCount = scan.receipts;
-    if (!scan.hasReceipts) return unreadable(steps, counts, 'not a cmcp evidence bundle: no "receipts" member');
+    if (!scan.hasReceipts)
+      return unreadable(steps, counts, 'not a cmcp evidence bundle: no "receipts" member');
   } catch (err) {
     return unreadable(steps, counts, `cannot read bundle: ${describe(err)}`);
   }
@@ -131,20 +144,27 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
   if (!validateHeader(header)) {
     // A recognisable bundle with a malformed member is a failed verification, not unreadable input.
     const e = validateHeader.errors?.[0];
-    return unreadable(steps, counts, `bundle member does not match the evidence-bundle-v1 schema: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`, false);
+    return unreadable(
+      steps,
+      counts,
+      `bundle member does not match the evidence-bundle-v1 schema: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`,
+      false,
+    );
   }
   const h = header as unknown as BundleHeader;
   counts.receipts = receiptCount;
   counts.claims = h.claims.length;
   counts.inclusionProofs = h.inclusion_proofs.length;
-  step("bundle").detail = `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
+  step("bundle").detail =
+    `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
 
   // Keys: well-formed, and anchored by something the auditor supplied.
   const keys = new Map<string, Uint8Array>();
   h.keys.forEach((k, index) => {
     try {
       const pub = fromBase64(k.public_key, 32);
-      if (keyId(pub) !== k.kid) step("keys").fail(`key ${k.kid}: kid is not the SHA-256 of its public key`, { kind: "key", index });
+      if (keyId(pub) !== k.kid)
+        step("keys").fail(`key ${k.kid}: kid is not the SHA-256 of its public key`, { kind: "key", index });
       else if (keys.has(k.kid)) step("keys").fail(`key ${k.kid} is listed twice`, { kind: "key", index });
       else keys.set(k.kid, pub);
     } catch (err) {
@@ -163,20 +183,37 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
   const checkpoints: Cp[] = [];
   h.checkpoints.forEach((note, index) => {
     const opened = openNote(note, verifiers);
-    if (!opened.ok) return step("checkpoints").fail(`checkpoint #${index}: ${opened.reason}`, { kind: "checkpoint", index });
+    if (!opened.ok)
+      return step("checkpoints").fail(`checkpoint #${index}: ${opened.reason}`, {
+        kind: "checkpoint",
+        index,
+      });
     const parsed = parseCheckpoint(opened.text);
-    if (!parsed.ok) return step("checkpoints").fail(`checkpoint #${index}: ${parsed.reason}`, { kind: "checkpoint", index });
+    if (!parsed.ok)
+      return step("checkpoints").fail(`checkpoint #${index}: ${parsed.reason}`, {
+        kind: "checkpoint",
+        index,
+      });
     const cp = parsed.checkpoint;
     if (cp.origin !== h.origin) {
-      return step("checkpoints").fail(`checkpoint #${index}: origin "${cp.origin}" is not the bundle's "${h.origin}"`, { kind: "checkpoint", index });
+      return step("checkpoints").fail(
+        `checkpoint #${index}: origin "${cp.origin}" is not the bundle's "${h.origin}"`,
+        { kind: "checkpoint", index },
+      );
     }
     const size = Number(cp.size);
     const prev = checkpoints[checkpoints.length - 1];
     if (prev && size <= prev.size) {
-      return step("checkpoints").fail(`checkpoint #${index}: size ${size} does not grow past ${prev.size}`, { kind: "checkpoint", index });
+      return step("checkpoints").fail(`checkpoint #${index}: size ${size} does not grow past ${prev.size}`, {
+        kind: "checkpoint",
+        index,
+      });
     }
     if (size > receiptCount) {
-      return step("checkpoints").fail(`checkpoint #${index}: size ${size} exceeds the ${receiptCount} receipts in the bundle`, { kind: "checkpoint", index });
+      return step("checkpoints").fail(
+        `checkpoint #${index}: size ${size} exceeds the ${receiptCount} receipts in the bundle`,
+        { kind: "checkpoint", index },
+      );
     }
     checkpoints.push({ index, size, root: cp.rootHash });
   });
@@ -188,8 +225,14 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
   const leafAt = new Map<number, Uint8Array>();
   const rootAt = new Map<number, Uint8Array>();
   const tipAt = new Map<number, string>();
-  const sizesOfInterest = new Set<number>([...checkpoints.map((c) => c.size), ...h.claims.map((c) => c.checkpoint.size)]);
-  const claimSummaries = h.claims.map((c) => ({ size: c.checkpoint.size, builder: new CallSummaryBuilder(c.session_id) }));
+  const sizesOfInterest = new Set<number>([
+    ...checkpoints.map((c) => c.size),
+    ...h.claims.map((c) => c.checkpoint.size),
+  ]);
+  const claimSummaries = h.claims.map((c) => ({
+    size: c.checkpoint.size,
+    builder: new CallSummaryBuilder(c.session_id),
+  }));
   const policyHashes = new Set<string>();
   const catalogHashes = new Set<string>();
   const introducedAt = new Map<string, number>();
@@ -218,7 +261,10 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
       // Without a trustworthy entry the chain and Merkle tree cannot continue.
       if (brokenAt < 0) {
         brokenAt = check.index;
-        chain.fail(`chain cannot be followed past receipt #${check.index}, which failed its own checks`, { kind: "receipt", index: check.index });
+        chain.fail(`chain cannot be followed past receipt #${check.index}, which failed its own checks`, {
+          kind: "receipt",
+          index: check.index,
+        });
       }
       return;
     }
@@ -226,15 +272,19 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
     const f: ReceiptFacts = check.facts;
     const rec = { kind: "receipt" as const, index: check.index, seq: f.seq };
     const where = recordName("receipt", check.index, f.seq);
-    if (f.seq !== expectedSeq) chain.fail(`${where}: expected seq ${expectedSeq} (receipts missing, duplicated or reordered)`, rec);
+    if (f.seq !== expectedSeq)
+      chain.fail(`${where}: expected seq ${expectedSeq} (receipts missing, duplicated or reordered)`, rec);
     if (f.prev !== prevHash) chain.fail(`${where}: prev does not match the hash of the previous entry`, rec);
     if (f.type === "epoch_start") {
       const es = f.epochStart!;
       const expectedEpoch = epoch + 1;
-      if (f.epoch !== expectedEpoch) chain.fail(`${where}: epoch_start numbers epoch ${f.epoch}, expected ${expectedEpoch}`, rec);
-      if (introducedAt.has(f.kid)) chain.fail(`${where}: key ${f.kid} was already introduced by an earlier epoch`, rec);
+      if (f.epoch !== expectedEpoch)
+        chain.fail(`${where}: epoch_start numbers epoch ${f.epoch}, expected ${expectedEpoch}`, rec);
+      if (introducedAt.has(f.kid))
+        chain.fail(`${where}: key ${f.kid} was already introduced by an earlier epoch`, rec);
       if (es.previous === null) {
-        if (f.seq !== 0) chain.fail(`${where}: epoch_start claims no previous epoch but is not the first receipt`, rec);
+        if (f.seq !== 0)
+          chain.fail(`${where}: epoch_start claims no previous epoch but is not the first receipt`, rec);
       } else if (
         es.previous.kid !== epochKid ||
         es.previous.epoch !== epoch ||
@@ -242,7 +292,10 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
         es.previous.tip_hash !== prevHash ||
         !sameCheckpoint(es.previous.checkpoint, lastCheckpointData)
       ) {
-        chain.fail(`${where}: epoch_start does not describe the previous epoch's key, tip and last checkpoint`, rec);
+        chain.fail(
+          `${where}: epoch_start does not describe the previous epoch's key, tip and last checkpoint`,
+          rec,
+        );
       }
       introducedAt.set(f.kid, f.seq);
       providerOf.set(f.kid, es.provider);
@@ -251,8 +304,13 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
       lastTs = "";
       counts.epochs++;
     } else {
-      if (epochKid === null) chain.fail(`${where}: the chain does not begin with an epoch_start receipt`, rec);
-      else if (f.kid !== epochKid || f.epoch !== epoch) chain.fail(`${where}: signed by ${f.kid} in epoch ${f.epoch}, but epoch ${epoch} uses key ${epochKid}`, rec);
+      if (epochKid === null)
+        chain.fail(`${where}: the chain does not begin with an epoch_start receipt`, rec);
+      else if (f.kid !== epochKid || f.epoch !== epoch)
+        chain.fail(
+          `${where}: signed by ${f.kid} in epoch ${f.epoch}, but epoch ${epoch} uses key ${epochKid}`,
+          rec,
+        );
     }
     if (f.ts < lastTs) chain.fail(`${where}: timestamp goes backwards within an epoch`, rec);
     lastTs = f.ts;
@@ -260,9 +318,15 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
       const cd = f.checkpoint!;
       const root = rootAt.get(cd.size);
       if (cd.origin !== h.origin) chain.fail(`${where}: checkpoint receipt names origin "${cd.origin}"`, rec);
-      else if (cd.size > f.seq) chain.fail(`${where}: checkpoint receipt covers ${cd.size} entries, beyond its own position`, rec);
-      else if (!root) chain.fail(`${where}: the bundle has no checkpoint note of size ${cd.size} for this checkpoint receipt`, rec);
-      else if (Buffer.from(root).toString("hex") !== cd.root_hash) chain.fail(`${where}: checkpoint receipt's root does not match the receipts before it`, rec);
+      else if (cd.size > f.seq)
+        chain.fail(`${where}: checkpoint receipt covers ${cd.size} entries, beyond its own position`, rec);
+      else if (!root)
+        chain.fail(
+          `${where}: the bundle has no checkpoint note of size ${cd.size} for this checkpoint receipt`,
+          rec,
+        );
+      else if (Buffer.from(root).toString("hex") !== cd.root_hash)
+        chain.fail(`${where}: checkpoint receipt's root does not match the receipts before it`, rec);
       lastCheckpointData = { size: cd.size, root_hash: cd.root_hash };
     }
     if (f.policy.bundle_hash) policyHashes.add(f.policy.bundle_hash);
@@ -288,25 +352,40 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
 
   // Keys: every listed key must be introduced on the chain, and anchored.
   for (const kid of keys.keys()) {
-    if (!introducedAt.has(kid) && brokenAt < 0) step("keys").fail(`key ${kid} is not introduced by any epoch_start receipt`, { kind: "key", index: h.keys.findIndex((k) => k.kid === kid) });
+    if (!introducedAt.has(kid) && brokenAt < 0)
+      step("keys").fail(`key ${kid} is not introduced by any epoch_start receipt`, {
+        kind: "key",
+        index: h.keys.findIndex((k) => k.kid === kid),
+      });
   }
   // Attestation entries: until hardware verifiers land, only the software provider (no evidence) is known.
   h.attestation.forEach((a, index) => {
     const rec = { kind: "key" as const, index };
-    if (!keys.has(a.kid)) step("keys").fail(`attestation #${index} names key ${a.kid}, which the bundle does not list`, rec);
+    if (!keys.has(a.kid))
+      step("keys").fail(`attestation #${index} names key ${a.kid}, which the bundle does not list`, rec);
     else if (brokenAt < 0 && providerOf.get(a.kid) !== a.provider) {
-      step("keys").fail(`attestation #${index}: provider "${a.provider}" is not the one key ${a.kid.slice(0, 16)} was introduced with`, rec);
+      step("keys").fail(
+        `attestation #${index}: provider "${a.provider}" is not the one key ${a.kid.slice(0, 16)} was introduced with`,
+        rec,
+      );
     } else if (a.provider === "software" && a.evidence !== null) {
-      step("keys").fail(`attestation #${index}: the software provider has no evidence, but some is attached`, rec);
+      step("keys").fail(
+        `attestation #${index}: the software provider has no evidence, but some is attached`,
+        rec,
+      );
     } else if (a.provider !== "software") {
-      step("keys").fail(`attestation #${index}: provider "${a.provider}" evidence cannot be checked by this verifier yet`, rec);
+      step("keys").fail(
+        `attestation #${index}: provider "${a.provider}" evidence cannot be checked by this verifier yet`,
+        rec,
+      );
     }
   });
   const unanchored = [...keys.keys()].filter((kid) => !trusted.has(kid));
   const anchored = keys.size > 0 && unanchored.length === 0;
   const keysStep = step("keys");
   if (keysStep.status !== "fail") {
-    if (anchored) keysStep.detail = `${keys.size} key(s), all anchored by --key: ${[...keys.keys()].map((k) => k.slice(0, 16)).join(", ")}`;
+    if (anchored)
+      keysStep.detail = `${keys.size} key(s), all anchored by --key: ${[...keys.keys()].map((k) => k.slice(0, 16)).join(", ")}`;
     else {
       const msg = `${unanchored.length} of ${keys.size} signer key(s) not anchored by any trusted key: ${unanchored.map((k) => k.slice(0, 16)).join(", ")}`;
       if (options.allowUnanchored) {
@@ -320,16 +399,28 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
   const roots = step("roots");
   for (const cp of checkpoints) {
     const got = rootAt.get(cp.size);
-    if (!got) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`, { kind: "checkpoint", index: cp.index });
-    else if (!Buffer.from(got).equals(Buffer.from(cp.root))) roots.fail(`checkpoint #${cp.index} (size ${cp.size}): root does not match the receipts`, { kind: "checkpoint", index: cp.index });
+    if (!got)
+      roots.fail(
+        `checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`,
+        { kind: "checkpoint", index: cp.index },
+      );
+    else if (!Buffer.from(got).equals(Buffer.from(cp.root)))
+      roots.fail(`checkpoint #${cp.index} (size ${cp.size}): root does not match the receipts`, {
+        kind: "checkpoint",
+        index: cp.index,
+      });
   }
   const lastCp = checkpoints[checkpoints.length - 1];
   // Receipts past the last checkpoint could be dropped unnoticed, so a bundle must end at one.
   if (lastCp && lastCp.size !== receiptCount && roots.status !== "fail") {
-    roots.fail(`the bundle holds ${receiptCount} receipts but its last checkpoint covers ${lastCp.size}; every receipt must be covered`, { kind: "checkpoint", index: lastCp.index });
+    roots.fail(
+      `the bundle holds ${receiptCount} receipts but its last checkpoint covers ${lastCp.size}; every receipt must be covered`,
+      { kind: "checkpoint", index: lastCp.index },
+    );
   }
   if (h.checkpoints.length === 0) roots.fail("the bundle holds no checkpoint");
-  else if (roots.status === "pass") roots.detail = `${checkpoints.length} checkpoint root(s) recomputed from the receipts`;
+  else if (roots.status === "pass")
+    roots.detail = `${checkpoints.length} checkpoint root(s) recomputed from the receipts`;
 
   // Consistency proofs between consecutive checkpoints.
   const consistency = step("consistency");
@@ -339,12 +430,21 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
     const b = checkpoints[i]!;
     const entry = provided.get(`${a.size}:${b.size}`);
     if (!entry) {
-      consistency.fail(`no consistency proof from checkpoint size ${a.size} to ${b.size}`, { kind: "checkpoint", index: b.index });
+      consistency.fail(`no consistency proof from checkpoint size ${a.size} to ${b.size}`, {
+        kind: "checkpoint",
+        index: b.index,
+      });
       continue;
     }
     const proof = decodeProof(entry.p.proof);
-    const res = proof ? verifyConsistency({ oldSize: a.size, newSize: b.size, oldRoot: a.root, newRoot: b.root, proof }) : { ok: false as const, reason: "proof hashes are not canonical base64" };
-    if (!res.ok) consistency.fail(`consistency proof ${a.size} -> ${b.size}: ${res.reason}`, { kind: "consistency_proof", index: entry.i });
+    const res = proof
+      ? verifyConsistency({ oldSize: a.size, newSize: b.size, oldRoot: a.root, newRoot: b.root, proof })
+      : { ok: false as const, reason: "proof hashes are not canonical base64" };
+    if (!res.ok)
+      consistency.fail(`consistency proof ${a.size} -> ${b.size}: ${res.reason}`, {
+        kind: "consistency_proof",
+        index: entry.i,
+      });
   }
   if (checkpoints.length < 2 && consistency.status === "pass") {
     consistency.status = "skip";
@@ -356,11 +456,21 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
   h.inclusion_proofs.forEach((p, index) => {
     const cp = cpBySize.get(p.checkpoint_size);
     const rec = { kind: "inclusion_proof" as const, index, seq: p.seq };
-    if (!cp) return inclusion.fail(`inclusion proof #${index}: no verified checkpoint of size ${p.checkpoint_size}`, rec);
+    if (!cp)
+      return inclusion.fail(
+        `inclusion proof #${index}: no verified checkpoint of size ${p.checkpoint_size}`,
+        rec,
+      );
     const leaf = leafAt.get(p.seq);
-    if (!leaf) return inclusion.fail(`inclusion proof #${index}: receipt seq ${p.seq} is not in the bundle or failed its checks`, rec);
+    if (!leaf)
+      return inclusion.fail(
+        `inclusion proof #${index}: receipt seq ${p.seq} is not in the bundle or failed its checks`,
+        rec,
+      );
     const proof = decodeProof(p.proof);
-    const res = proof ? verifyInclusion({ index: p.seq, size: cp.size, leafHash: leaf, proof, root: cp.root }) : { ok: false as const, reason: "proof hashes are not canonical base64" };
+    const res = proof
+      ? verifyInclusion({ index: p.seq, size: cp.size, leafHash: leaf, proof, root: cp.root })
+      : { ok: false as const, reason: "proof hashes are not canonical base64" };
     if (!res.ok) inclusion.fail(`inclusion proof #${index} for receipt seq ${p.seq}: ${res.reason}`, rec);
   });
   if (h.inclusion_proofs.length === 0 && inclusion.status === "pass") {
@@ -370,7 +480,9 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
 
   // Claims.
   const claims = step("claims");
-  h.claims.forEach((c, index) => checkClaim(c, index, claimSummaries[index]!.builder, h, keys, cpBySize, rootAt, tipAt, claims));
+  h.claims.forEach((c, index) =>
+    checkClaim(c, index, claimSummaries[index]!.builder, h, keys, cpBySize, rootAt, tipAt, claims),
+  );
   if (h.claims.length === 0 && claims.status === "pass") {
     claims.status = "skip";
     claims.detail = "no TRACE claims in the bundle";
@@ -378,9 +490,27 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
 
   // Approved hashes.
   const approved = step("approved");
-  const wanted: [string, string | undefined, Set<string>, (c: TraceClaim) => string | null, string | null | undefined][] = [
-    ["policy bundle", options.policyHash, policyHashes, (c) => c.policy_bundle.hash, h.policy_artifact?.bundle_hash],
-    ["catalog", options.catalogHash, catalogHashes, (c) => c.tool_catalog.hash, h.policy_artifact?.catalog_hash],
+  const wanted: [
+    string,
+    string | undefined,
+    Set<string>,
+    (c: TraceClaim) => string | null,
+    string | null | undefined,
+  ][] = [
+    [
+      "policy bundle",
+      options.policyHash,
+      policyHashes,
+      (c) => c.policy_bundle.hash,
+      h.policy_artifact?.bundle_hash,
+    ],
+    [
+      "catalog",
+      options.catalogHash,
+      catalogHashes,
+      (c) => c.tool_catalog.hash,
+      h.policy_artifact?.catalog_hash,
+    ],
   ];
   let anyWanted = false;
   for (const [label, want, seen, fromClaim, fromArtifact] of wanted) {
@@ -393,25 +523,38 @@ export async function verifyBundleFile(path: string | Uint8Array, options: Verif
     }
     if (fromArtifact) named.add(fromArtifact);
     const others = [...named].filter((x) => x !== want);
-    if (named.size === 0) approved.fail(`no receipt, claim or artifact names a ${label} hash, so --${label === "catalog" ? "catalog" : "policy"}-hash cannot be confirmed`);
-    else if (others.length > 0) approved.fail(`${label} hash ${others[0]} is named in the bundle, not the approved ${want}`);
+    if (named.size === 0)
+      approved.fail(
+        `no receipt, claim or artifact names a ${label} hash, so --${label === "catalog" ? "catalog" : "policy"}-hash cannot be confirmed`,
+      );
+    else if (others.length > 0)
+      approved.fail(`${label} hash ${others[0]} is named in the bundle, not the approved ${want}`);
   }
   if (!anyWanted) {
     approved.status = "skip";
     approved.detail = "no --policy-hash or --catalog-hash given";
   }
 
-  if (receiptsStep.status === "pass") receiptsStep.detail = `${receiptCount} receipts: schema and Ed25519 signatures valid`;
+  if (receiptsStep.status === "pass")
+    receiptsStep.detail = `${receiptCount} receipts: schema and Ed25519 signatures valid`;
   if (chain.status === "pass") chain.detail = `seq 0..${receiptCount - 1} linked, ${counts.epochs} epoch(s)`;
   const cps = step("checkpoints");
-  if (cps.status === "pass") cps.detail = h.checkpoints.length ? `${checkpoints.length} checkpoint note(s) signed by bundle keys` : "no checkpoints";
-  if (inclusion.status === "pass") inclusion.detail = `${h.inclusion_proofs.length} inclusion proof(s) verified`;
-  if (consistency.status === "pass") consistency.detail = `${checkpoints.length - 1} consistency proof(s) verified`;
+  if (cps.status === "pass")
+    cps.detail = h.checkpoints.length
+      ? `${checkpoints.length} checkpoint note(s) signed by bundle keys`
+      : "no checkpoints";
+  if (inclusion.status === "pass")
+    inclusion.detail = `${h.inclusion_proofs.length} inclusion proof(s) verified`;
+  if (consistency.status === "pass")
+    consistency.detail = `${checkpoints.length - 1} consistency proof(s) verified`;
   if (claims.status === "pass") claims.detail = `${h.claims.length} claim(s) signed and matching the chain`;
   return finish(steps, counts, false, anchored);
 }
 
-function sameCheckpoint(a: { size: number; root_hash: string } | null, b: { size: number; root_hash: string } | null): boolean {
+function sameCheckpoint(
+  a: { size: number; root_hash: string } | null,
+  b: { size: number; root_hash: string } | null,
+): boolean {
   if (a === null || b === null) return a === b;
   return a.size === b.size && a.root_hash === b.root_hash;
 }
@@ -442,14 +585,24 @@ function checkClaim(
     return step.fail(`${where}: signing key ${c.signing_key.kid} is not a bundle key`, rec);
   }
   if (!verifyClaimSignature(c, pub)) return step.fail(`${where}: signature does not verify`, rec);
-  if (c.attestation_report.report_data !== reportDataForKey(pub)) return step.fail(`${where}: report_data does not bind the signing key`, rec);
+  if (c.attestation_report.report_data !== reportDataForKey(pub))
+    return step.fail(`${where}: report_data does not bind the signing key`, rec);
   const cp = cpBySize.get(c.checkpoint.size);
-  if (!cp || c.checkpoint.origin !== h.origin || Buffer.from(cp.root).toString("hex") !== c.checkpoint.root_hash) {
-    return step.fail(`${where}: its checkpoint (size ${c.checkpoint.size}) is not a verified checkpoint of this bundle`, rec);
+  if (
+    !cp ||
+    c.checkpoint.origin !== h.origin ||
+    Buffer.from(cp.root).toString("hex") !== c.checkpoint.root_hash
+  ) {
+    return step.fail(
+      `${where}: its checkpoint (size ${c.checkpoint.size}) is not a verified checkpoint of this bundle`,
+      rec,
+    );
   }
   const root = rootAt.get(c.checkpoint.size);
-  if (!root || Buffer.from(root).toString("hex") !== c.audit_chain_root) return step.fail(`${where}: audit_chain_root does not match the receipts`, rec);
-  if (tipAt.get(c.checkpoint.size) !== c.audit_chain_tip) return step.fail(`${where}: audit_chain_tip is not the last receipt its checkpoint covers`, rec);
+  if (!root || Buffer.from(root).toString("hex") !== c.audit_chain_root)
+    return step.fail(`${where}: audit_chain_root does not match the receipts`, rec);
+  if (tipAt.get(c.checkpoint.size) !== c.audit_chain_tip)
+    return step.fail(`${where}: audit_chain_tip is not the last receipt its checkpoint covers`, rec);
   const s = builder.summary();
   const cs = c.call_summary;
   if (
@@ -481,7 +634,9 @@ function resolveTrusted(inputs: string[], step: Step): Set<string> {
       const pub = bytes.length === 33 && bytes[0] === 0x01 ? bytes.subarray(1) : bytes;
       out.add(keyId(pub));
     } catch {
-      step.fail(`--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`);
+      step.fail(
+        `--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`,
+      );
     }
   }
   return out;
@@ -494,7 +649,10 @@ async function streamReceipts(
   options: VerifyOptions,
   consume: (c: ReceiptCheck) => void,
 ): Promise<void> {
-  const keyList: [string, string][] = [...keys.entries()].map(([k, v]) => [k, Buffer.from(v).toString("base64")]);
+  const keyList: [string, string][] = [...keys.entries()].map(([k, v]) => [
+    k,
+    Buffer.from(v).toString("base64"),
+  ]);
   const workers = options.workers ?? availableParallelism();
   const threshold = options.parallelThreshold ?? 4096;
   const batchSize = options.batchSize ?? 512;
@@ -510,7 +668,12 @@ async function streamReceipts(
   };
   const submit = async () => {
     if (ends.length === 0) return;
-    const batch: ReceiptBatch = { firstIndex, bytes: new Uint8Array(Buffer.concat(parts, total)), ends, keys: keyList };
+    const batch: ReceiptBatch = {
+      firstIndex,
+      bytes: new Uint8Array(Buffer.concat(parts, total)),
+      ends,
+      keys: keyList,
+    };
     firstIndex += ends.length;
     parts = [];
     ends = [];
@@ -549,7 +712,12 @@ async function createPool(workers: number) {
   });
 }
 
-function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], detail: string, isUnreadable = true): VerifyReport {
+function unreadable(
+  steps: Map<StepId, Step>,
+  counts: VerifyReport["counts"],
+  detail: string,
+  isUnreadable = true,
+): VerifyReport {
   const s = steps.get("bundle")!;
   s.fail(detail);
   for (const [id, st] of steps) {
@@ -561,7 +729,12 @@ function unreadable(steps: Map<StepId, Step>, counts: VerifyReport["counts"], de
   return finish(steps, counts, isUnreadable, false);
 }
 
-function finish(steps: Map<StepId, Step>, counts: VerifyReport["counts"], isUnreadable: boolean, anchored: boolean): VerifyReport {
+function finish(
+  steps: Map<StepId, Step>,
+  counts: VerifyReport["counts"],
+  isUnreadable: boolean,
+  anchored: boolean,
+): VerifyReport {
   const results: StepResult[] = STEPS.map(([id, title], i) => {
     const s = steps.get(id)!;
     return {

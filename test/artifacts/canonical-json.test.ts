@@ -340,6 +340,11 @@ describe("depth", () => {
     expect(codeOf(() => canonicalize([], { maxDepth: 0 }))).toBe("jcs.depth");
   });
 
+  it("rejects a nonsensical maxDepth", () => {
+    expect(codeOf(() => canonicalize([], { maxDepth: NaN }))).toBe("jcs.options");
+    expect(codeOf(() => canonicalize([], { maxDepth: -1 }))).toBe("jcs.options");
+  });
+
   it("turns a cycle into jcs.depth, not a stack overflow", () => {
     const a: unknown[] = [];
     a.push({ self: a });

@@ -17,7 +17,9 @@ interface Run {
 /** Runs the real CLI in a child process and reads its peak RSS from a preload. */
 function cmcp(args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--import", RSS, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", "--import", RSS, CLI, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -25,7 +27,12 @@ function cmcp(args: string[]): Promise<Run> {
     child.on("error", reject);
     child.on("close", (code) => {
       const m = /cmcp-test-maxrss-kb=(\d+)/.exec(stderr);
-      resolve({ code, stdout, stderr: stderr.replace(/\ncmcp-test-maxrss-kb=\d+\n/, ""), maxRssKb: m ? Number(m[1]) : Infinity });
+      resolve({
+        code,
+        stdout,
+        stderr: stderr.replace(/\ncmcp-test-maxrss-kb=\d+\n/, ""),
+        maxRssKb: m ? Number(m[1]) : Infinity,
+      });
     });
   });
 }
@@ -78,7 +85,9 @@ describe("cmcp verify", () => {
     await writeFile(path, JSON.stringify(doc));
     const r = await cmcp(["verify", path, ...keyArgs]);
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/FAILED at step 3 \(Receipt schema and signatures\): receipt seq 3: signature does not verify/);
+    expect(r.stdout).toMatch(
+      /FAILED at step 3 \(Receipt schema and signatures\): receipt seq 3: signature does not verify/,
+    );
   });
 
   it("exits 2 on bad usage", async () => {
@@ -104,7 +113,10 @@ describe("cmcp verify", () => {
       ["truncated", '{"format":"cmcp.evidence-bundle.v1","receipts":[{"v":1'],
       ["wrong types", '{"format":"cmcp.evidence-bundle.v1","receipts":"none"}'],
       ["huge number", `{"format":"cmcp.evidence-bundle.v1","n":1${"0".repeat(400)},"receipts":[]}`],
-      ["deep nesting", `{"format":"cmcp.evidence-bundle.v1","x":${"[".repeat(100_000)}${"]".repeat(100_000)},"receipts":[]}`],
+      [
+        "deep nesting",
+        `{"format":"cmcp.evidence-bundle.v1","x":${"[".repeat(100_000)}${"]".repeat(100_000)},"receipts":[]}`,
+      ],
       ["duplicate member", '{"format":"cmcp.evidence-bundle.v1","format":"x","receipts":[]}'],
       ["trailing garbage", '{"format":"cmcp.evidence-bundle.v1","receipts":[]} xyz'],
       ["other format", '{"format":"something-else","receipts":[]}'],

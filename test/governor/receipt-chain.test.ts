@@ -9,7 +9,12 @@ import { verifyTlogProof } from "../../artifacts/tlog-proof.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { ChainStore, nodeStoreIo, type StoreIo } from "../../governor/chain-store.js";
 import { exportBundle, exportTlogProof } from "../../governor/export-bundle.js";
-import { ReceiptChain, type ChainEvent, type ReceiptChainOptions, type ReceiptEvent } from "../../governor/receipt-chain.js";
+import {
+  ReceiptChain,
+  type ChainEvent,
+  type ReceiptChainOptions,
+  type ReceiptEvent,
+} from "../../governor/receipt-chain.js";
 
 const ORIGIN = "cmcp.test/chain";
 let dir: string;
@@ -82,7 +87,9 @@ describe("ReceiptChain", () => {
     const sizes = events.filter((e) => e.kind === "checkpoint").map((e) => (e as { size: number }).size);
     expect(sizes.length).toBeGreaterThanOrEqual(3);
     const receipts = await storedReceipts();
-    expect(receipts.filter((r) => r.type === "checkpoint").map((r) => (r.data as { size: number }).size)).toEqual(sizes);
+    expect(
+      receipts.filter((r) => r.type === "checkpoint").map((r) => (r.data as { size: number }).size),
+    ).toEqual(sizes);
   });
 
   it("checkpoints on a timer too", async () => {
@@ -104,7 +111,9 @@ describe("ReceiptChain", () => {
 
   it("orders concurrent appends by call order with linked prev hashes", async () => {
     const chain = await open();
-    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => chain.append(decision(`s${i % 3}`, `t${i}`, "allow"))));
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => chain.append(decision(`s${i % 3}`, `t${i}`, "allow"))),
+    );
     expect(results.map((r) => r.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
     for (let i = 1; i < results.length; i++) expect(results[i]!.receipt.prev).toBe(results[i - 1]!.entryHash);
     await chain.close();
@@ -117,7 +126,12 @@ describe("ReceiptChain", () => {
     await chain.append(decision("b", "echo", "allow"));
     await chain.append(decision("a", "add", "allow"));
     const claim = await chain.issueClaim("a");
-    expect(claim.call_summary).toEqual({ tool_calls_total: 3, allowed: 2, denied: 1, tools_invoked: ["add", "echo"] });
+    expect(claim.call_summary).toEqual({
+      tool_calls_total: 3,
+      allowed: 2,
+      denied: 1,
+      tools_invoked: ["add", "echo"],
+    });
     expect(claim.attestation_report.provider).toBe("software");
     await chain.close();
     const out = join(dir, "bundle.json");
@@ -152,7 +166,9 @@ describe("ReceiptChain", () => {
     }
     expect((failure as { code: string }).code).toBe("chain.failed");
     expect(String((failure as Error).message)).toMatch(/ENOSPC/);
-    await expect(chain.append(decision("s", "echo", "allow"))).rejects.toMatchObject({ code: "chain.failed" });
+    await expect(chain.append(decision("s", "echo", "allow"))).rejects.toMatchObject({
+      code: "chain.failed",
+    });
     expect(events.some((e) => e.kind === "failed")).toBe(true);
     await chain.close().catch(() => undefined);
     const receipts = await storedReceipts();
@@ -169,7 +185,9 @@ describe("ReceiptChain", () => {
   it("refuses a second governor on the same data directory", async () => {
     const chain = await open();
     await expect(open()).rejects.toMatchObject({ code: "chain.locked" });
-    await expect(exportBundle(join(dir, "data"), join(dir, "x.json"))).rejects.toMatchObject({ code: "export.locked" });
+    await expect(exportBundle(join(dir, "data"), join(dir, "x.json"))).rejects.toMatchObject({
+      code: "export.locked",
+    });
     await chain.close();
     const again = await open();
     await again.close();
@@ -202,10 +220,22 @@ describe("ReceiptChain", () => {
     const text = await readFile(out, "utf8");
     expect(text.startsWith("c2sp.org/tlog-proof@v1\n")).toBe(true);
     const { canonicalBytes } = await import("../../artifacts/canonical-json.js");
-    const ok = verifyTlogProof(text, canonicalBytes(receipts[4]), [{ name: ORIGIN, publicKey: chain.signer.publicKey }], ORIGIN);
+    const ok = verifyTlogProof(
+      text,
+      canonicalBytes(receipts[4]),
+      [{ name: ORIGIN, publicKey: chain.signer.publicKey }],
+      ORIGIN,
+    );
     expect(ok.ok).toBe(true);
-    const wrong = verifyTlogProof(text, canonicalBytes(receipts[5]), [{ name: ORIGIN, publicKey: chain.signer.publicKey }], ORIGIN);
+    const wrong = verifyTlogProof(
+      text,
+      canonicalBytes(receipts[5]),
+      [{ name: ORIGIN, publicKey: chain.signer.publicKey }],
+      ORIGIN,
+    );
     expect(wrong.ok).toBe(false);
-    await expect(exportTlogProof(join(dir, "data"), 999, out)).rejects.toMatchObject({ code: "export.range" });
+    await expect(exportTlogProof(join(dir, "data"), 999, out)).rejects.toMatchObject({
+      code: "export.range",
+    });
   });
 });

@@ -28,13 +28,15 @@ export interface MadeBundle {
 const OUTCOMES: DecisionOutcome[] = ["allow", "allow", "deny", "redact", "advisory", "require_approval"];
 const TOOLS = ["echo", "read_file", "search_nodes", "add"];
 
-export async function makeBundle(options: {
-  epochs?: number;
-  receiptsPerEpoch?: number;
-  sessions?: number;
-  checkpointEveryReceipts?: number;
-  claims?: boolean;
-} = {}): Promise<MadeBundle> {
+export async function makeBundle(
+  options: {
+    epochs?: number;
+    receiptsPerEpoch?: number;
+    sessions?: number;
+    checkpointEveryReceipts?: number;
+    claims?: boolean;
+  } = {},
+): Promise<MadeBundle> {
   const epochs = options.epochs ?? 2;
   const perEpoch = options.receiptsPerEpoch ?? 6;
   const sessions = options.sessions ?? 2;
@@ -51,7 +53,12 @@ export async function makeBundle(options: {
       origin: TEST_ORIGIN,
       signer,
       provider: "software",
-      policy: { bundle_hash: POLICY_HASH, catalog_hash: CATALOG_HASH, enforcement_mode: "enforcing", policy_version: "test-1" },
+      policy: {
+        bundle_hash: POLICY_HASH,
+        catalog_hash: CATALOG_HASH,
+        enforcement_mode: "enforcing",
+        policy_version: "test-1",
+      },
       checkpointEveryReceipts: options.checkpointEveryReceipts ?? 1_000_000,
       checkpointEverySeconds: 0,
     });
@@ -61,8 +68,19 @@ export async function makeBundle(options: {
       pending.push(
         chain.append({
           type: "decision",
-          subject: { session, agent: "agent-1", server: "everything", tool: TOOLS[n % TOOLS.length]!, method: "tools/call", request_id: String(n) },
-          decision: { outcome: OUTCOMES[n % OUTCOMES.length]!, reasons: [`rule ${n % 3}`], policy_ids: ["baseline.read-only"] },
+          subject: {
+            session,
+            agent: "agent-1",
+            server: "everything",
+            tool: TOOLS[n % TOOLS.length]!,
+            method: "tools/call",
+            request_id: String(n),
+          },
+          decision: {
+            outcome: OUTCOMES[n % OUTCOMES.length]!,
+            reasons: [`rule ${n % 3}`],
+            policy_ids: ["baseline.read-only"],
+          },
           hashes: { arguments: payloadHash({ n }) },
         }),
       );
@@ -73,5 +91,12 @@ export async function makeBundle(options: {
   }
   const bundlePath = join(dir, "bundle.json");
   await exportBundle(dataDir, bundlePath);
-  return { dir, dataDir, bundlePath, signers, claims, cleanup: () => rm(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    dataDir,
+    bundlePath,
+    signers,
+    claims,
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
 }

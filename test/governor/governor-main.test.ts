@@ -1,0 +1,65 @@
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
+import { exportBundle } from "../../governor/export-bundle.js";
+
+const CLI = new URL("../../cli/cmcp.ts", import.meta.url).pathname;
+let dir: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "cmcp-start-"));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function startGovernor(args: string[]) {
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, "start", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+  const started = new Promise<void>((resolve, reject) => {
+    child.stderr.on("data", () => {
+      if (stderr.includes("SIGTERM or Ctrl-C stops")) resolve();
+    });
+    void exited.then(() => reject(new Error(`governor exited early: ${stderr}`)));
+  });
+  started.catch(() => undefined); // observed by the tests that wait for it
+  return { child, started, exited, stderr: () => stderr };
+}
+
+describe("cmcp start", () => {
+  it("starts an epoch, and on SIGTERM writes a final checkpoint and exits 0", async () => {
+    const data = join(dir, "data");
+    for (let i = 0; i < 2; i++) {
+      const g = startGovernor(["--data-dir", data]);
+      await g.started;
+      expect(g.stderr()).toMatch(/NOT hardware-backed/);
+      g.child.kill("SIGTERM");
+      expect(await g.exited).toBe(0);
+      expect(g.stderr()).toMatch(/last checkpoint size \d+/);
+    }
+    const out = join(dir, "bundle.json");
+    await exportBundle(data, out);
+    const report = await verifyBundleFile(out, { allowUnanchored: true });
+    expect(report.ok).toBe(true);
+    expect(report.counts.epochs).toBe(2);
+  });
+
+  it("refuses an invalid config with a clear error and exit 2", async () => {
+    const cfg = join(dir, "bad.json");
+    await writeFile(
+      cfg,
+      JSON.stringify({ dataDir: join(dir, "d"), checkpoint: { everyReceipts: 0 }, typo: true }),
+    );
+    const g = startGovernor(["--config", cfg]);
+    expect(await g.exited).toBe(2);
+    expect(g.stderr()).toMatch(/config .* is invalid/);
+    expect(g.stderr()).toMatch(/typo|additional/);
+  });
+});
