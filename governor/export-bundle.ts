@@ -30,6 +30,7 @@ interface ChainIndex {
   tree: MerkleTree;
   keys: BundleKey[];
   epochStarts: number[];
+  providers: string[];
   checkpoints: StoredCheckpoint[];
 }
 
@@ -60,13 +61,16 @@ async function indexChain(dataDir: string): Promise<ChainIndex> {
   const tree = new MerkleTree();
   const keys: BundleKey[] = [];
   const epochStarts: number[] = [];
+  const providers: string[] = [];
   let checkpoints: StoredCheckpoint[];
   try {
     for await (const { seq, entry } of store.entries()) {
       tree.append(leafHash(entry));
       const r = parseJson(entry) as Receipt;
       if (r.type === "epoch_start") {
-        keys.push({ kid: r.kid, public_key: (r.data as unknown as EpochStartData).public_key });
+        const data = r.data as unknown as EpochStartData;
+        keys.push({ kid: r.kid, public_key: data.public_key });
+        providers.push(data.provider);
         epochStarts.push(seq);
       }
     }
@@ -75,7 +79,7 @@ async function indexChain(dataDir: string): Promise<ChainIndex> {
     await release();
     throw err;
   }
-  return { store, release, origin, tree, keys, epochStarts, checkpoints };
+  return { store, release, origin, tree, keys, epochStarts, providers, checkpoints };
 }
 
 function coveringCheckpoint(checkpoints: StoredCheckpoint[], seq: number): StoredCheckpoint | undefined {
@@ -88,9 +92,18 @@ export async function exportBundle(
 ): Promise<{ receipts: number; bytes: number; checkpoints: number; claims: number }> {
   const ix = await indexChain(dataDir);
   try {
-    const claims = await listClaims(dataDir);
+    // The bundle ends at its last checkpoint: receipts no checkpoint covers could be dropped undetected.
+    const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
+    const inBundle = ix.epochStarts
+      .map((seq, i) => [seq, ix.keys[i]!, ix.providers[i]!] as const)
+      .filter(([seq]) => seq < end);
+    const keys = inBundle.map(([, k]) => k);
+    const claims = (await listClaims(dataDir)).filter((c) => c.checkpoint.size <= end);
     const proofs: InclusionProof[] = [];
-    const wanted = new Set<number>([...ix.epochStarts, ...claims.map((c) => c.checkpoint.size - 1)]);
+    const wanted = new Set<number>([
+      ...inBundle.map(([seq]) => seq),
+      ...claims.map((c) => c.checkpoint.size - 1),
+    ]);
     for (const seq of [...wanted].sort((a, b) => a - b)) {
       const cp = coveringCheckpoint(ix.checkpoints, seq);
       if (!cp) continue;
@@ -110,16 +123,16 @@ export async function exportBundle(
       format: BUNDLE_FORMAT,
       created_utc: utcTimestamp(),
       origin: ix.origin,
-      keys: ix.keys,
-      attestation: ix.keys.map((k) => ({ kid: k.kid, provider: "software", evidence: null })),
+      keys,
+      // Hardware evidence arrives with the attestation providers; the software provider has none.
+      attestation: inBundle.map(([, k, provider]) => ({ kid: k.kid, provider, evidence: null })),
       policy_artifact: null,
       checkpoints: ix.checkpoints.map((c) => c.note),
       consistency_proofs: consistency,
       inclusion_proofs: proofs,
       claims,
     };
-    // The bundle ends at its last checkpoint: receipts no checkpoint covers could be dropped undetected.
-    const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
+
     const entries = (async function* () {
       for await (const { entry } of ix.store.entries(0, end)) yield entry;
     })();

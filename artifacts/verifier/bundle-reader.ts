@@ -29,6 +29,11 @@ export interface ScanHandlers {
   receipt?(value: Buffer, index: number): void | Promise<void>;
   /** When false, receipt elements are delimited but not copied out. */
   wantReceipts: boolean;
+  /**
+   * Called when `receipts` begins, with the members seen so far; returning
+   * true ends the scan there (the caller reads the rest in a later pass).
+   */
+  stopAtReceipts?(seen: ReadonlySet<string>): boolean;
 }
 
 const WS = new Uint8Array(256);
@@ -60,7 +65,7 @@ export async function scanBundle(
   source: string | Uint8Array,
   handlers: ScanHandlers,
   limits: BundleLimits = BUNDLE_LIMITS,
-): Promise<{ receipts: number; bytes: number; hasReceipts: boolean }> {
+): Promise<{ receipts: number; bytes: number; hasReceipts: boolean; stoppedAtReceipts: boolean }> {
   const input = await openSource(source);
   const seenKeys = new Set<string>();
   let state = State.Start;
@@ -86,6 +91,7 @@ export async function scanBundle(
       const chunk = buf.subarray(0, bytesRead);
       let i = 0;
       let captureStart = -1;
+      let nextBackslash = -1;
       const flushCapture = (end: number) => {
         if (captureStart < 0) return;
         const part = chunk.subarray(captureStart, end);
@@ -152,6 +158,9 @@ export async function scanBundle(
           case State.Colon:
             if (WS[c]) break;
             if (c !== 0x3a) fail("expected ':'", offset + i);
+            if (currentKey === "receipts" && handlers.stopAtReceipts?.(seenKeys)) {
+              return { receipts: 0, bytes: offset + i, hasReceipts: true, stoppedAtReceipts: true };
+            }
             state = currentKey === "receipts" ? State.ReceiptsOpen : State.Value;
             capture = [];
             captureBytes = 0;
@@ -215,6 +224,17 @@ export async function scanBundle(
               if (escaped) escaped = false;
               else if (c === 0x5c) escaped = true;
               else if (c === 0x22) inString = false;
+              else {
+                // Ordinary string bytes: jump natively to the next quote or backslash in this chunk.
+                if (nextBackslash <= i) {
+                  nextBackslash = chunk.indexOf(0x5c, i);
+                  if (nextBackslash < 0) nextBackslash = bytesRead;
+                }
+                let quote = chunk.indexOf(0x22, i);
+                if (quote < 0) quote = bytesRead;
+                i = Math.min(quote, nextBackslash);
+                continue;
+              }
               if (!inString && depth === 0) {
                 // A top-level string value ends here.
                 flushCapture(i + 1);
@@ -260,7 +280,12 @@ export async function scanBundle(
     await input.close();
   }
   if ((state as State) !== State.Done) fail("bundle is truncated", offset);
-  return { receipts: receiptCount, bytes: offset, hasReceipts: seenKeys.has("receipts") };
+  return {
+    receipts: receiptCount,
+    bytes: offset,
+    hasReceipts: seenKeys.has("receipts"),
+    stoppedAtReceipts: false,
+  };
 }
 
 interface ByteSource {

@@ -13,8 +13,8 @@ import { availableParallelism } from "node:os";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { parseCheckpoint } from "../checkpoint.js";
 import { fromBase64 } from "../encoding.js";
-import { isCmcpError } from "../errors.js";
-import { BUNDLE_FORMAT, type BundleHeader } from "../evidence-bundle.js";
+import { CmcpError, isCmcpError } from "../errors.js";
+import { BUNDLE_FORMAT, BUNDLE_HEADER_FIELDS, type BundleHeader } from "../evidence-bundle.js";
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
 import { openNote } from "../signed-note.js";
@@ -130,6 +130,8 @@ export async function verifyBundleFile(
       member(key, value) {
         members.set(key, parseJson(value, { maxBytes: BUNDLE_LIMITS.maxMemberBytes, maxDepth: 64 }));
       },
+      // Bundles written by cmcp put every other member first; then pass 1 need not walk the receipts.
+      stopAtReceipts: (seen) => BUNDLE_HEADER_FIELDS.every((f) => seen.has(f)),
     });
     receiptCount = scan.receipts;
     if (!scan.hasReceipts)
@@ -152,11 +154,8 @@ export async function verifyBundleFile(
     );
   }
   const h = header as unknown as BundleHeader;
-  counts.receipts = receiptCount;
   counts.claims = h.claims.length;
   counts.inclusionProofs = h.inclusion_proofs.length;
-  step("bundle").detail =
-    `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
 
   // Keys: well-formed, and anchored by something the auditor supplied.
   const keys = new Map<string, Uint8Array>();
@@ -208,12 +207,6 @@ export async function verifyBundleFile(
         kind: "checkpoint",
         index,
       });
-    }
-    if (size > receiptCount) {
-      return step("checkpoints").fail(
-        `checkpoint #${index}: size ${size} exceeds the ${receiptCount} receipts in the bundle`,
-        { kind: "checkpoint", index },
-      );
     }
     checkpoints.push({ index, size, root: cp.rootHash });
   });
@@ -344,11 +337,20 @@ export async function verifyBundleFile(
   };
 
   try {
-    await streamReceipts(path, receiptCount, keys, options, consume);
+    receiptCount = await streamReceipts(path, members, keys, options, consume);
   } catch (err) {
     return unreadable(steps, counts, `cannot read receipts: ${describe(err)}`);
   }
+  counts.receipts = receiptCount;
+  step("bundle").detail =
+    `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
   if (receiptCount === 0) chain.fail("the bundle holds no receipts");
+  for (const cp of checkpoints) {
+    if (cp.size > receiptCount) {
+      const text = `checkpoint #${cp.index}: size ${cp.size} exceeds the ${receiptCount} receipts in the bundle`;
+      step("checkpoints").fail(text, { kind: "checkpoint", index: cp.index });
+    }
+  }
 
   // Keys: every listed key must be introduced on the chain, and anchored.
   for (const kid of keys.keys()) {
@@ -642,13 +644,18 @@ function resolveTrusted(inputs: string[], step: Step): Set<string> {
   return out;
 }
 
+/**
+ * Pass 2: streams the receipts in order to `consume`, checking them in this
+ * thread until `parallelThreshold` have been seen and on a worker pool after
+ * that. Returns the number of receipts.
+ */
 async function streamReceipts(
   path: string | Uint8Array,
-  count: number,
+  headerMembers: ReadonlyMap<string, unknown>,
   keys: Map<string, Uint8Array>,
   options: VerifyOptions,
   consume: (c: ReceiptCheck) => void,
-): Promise<void> {
+): Promise<number> {
   const keyList: [string, string][] = [...keys.entries()].map(([k, v]) => [
     k,
     Buffer.from(v).toString("base64"),
@@ -656,13 +663,12 @@ async function streamReceipts(
   const workers = options.workers ?? availableParallelism();
   const threshold = options.parallelThreshold ?? 4096;
   const batchSize = options.batchSize ?? 512;
-  const pool = workers > 0 && count >= threshold ? await createPool(workers) : null;
+  let pool: Awaited<ReturnType<typeof createPool>> | null = null;
   const inflight: Promise<ReceiptCheck[]>[] = [];
   let parts: Buffer[] = [];
   let ends: number[] = [];
   let total = 0;
   let firstIndex = 0;
-  const drainOne = async () => consumeAll(await inflight.shift()!);
   const consumeAll = (checks: ReceiptCheck[]) => {
     for (const c of checks) consume(c);
   };
@@ -678,13 +684,23 @@ async function streamReceipts(
     parts = [];
     ends = [];
     total = 0;
+    if (!pool && workers > 0 && firstIndex >= threshold) pool = await createPool(workers);
     if (!pool) return consumeAll(checkBatch(batch));
     inflight.push(pool.run(batch, { transferList: [batch.bytes.buffer as ArrayBuffer] }));
-    if (inflight.length >= workers * 3) await drainOne();
+    if (inflight.length >= workers * 3) consumeAll(await inflight.shift()!);
   };
+  let count = 0;
   try {
-    await scanBundle(path, {
+    const scan = await scanBundle(path, {
       wantReceipts: true,
+      member(key) {
+        if (!headerMembers.has(key)) {
+          throw new CmcpError(
+            "bundle.syntax",
+            `member "${key}" follows "receipts" but was not read with the header`,
+          );
+        }
+      },
       async receipt(value) {
         parts.push(value);
         total += value.length;
@@ -692,12 +708,14 @@ async function streamReceipts(
         if (ends.length >= batchSize) await submit();
       },
     });
+    count = scan.receipts;
     await submit();
-    while (inflight.length > 0) await drainOne();
+    while (inflight.length > 0) consumeAll(await inflight.shift()!);
   } finally {
     await Promise.allSettled(inflight);
-    await pool?.destroy();
+    await (pool as Awaited<ReturnType<typeof createPool>> | null)?.destroy();
   }
+  return count;
 }
 
 async function createPool(workers: number) {

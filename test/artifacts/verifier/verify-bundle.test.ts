@@ -98,6 +98,15 @@ describe("verifyBundleFile on a real chain export", () => {
     expect(firstFailure(wrongCatalog)).toBe("approved");
   });
 
+  it("verifies a bundle whose members come in another order, and rejects members smuggled after receipts", async () => {
+    const { receipts, ...header } = smallJson;
+    const reordered = await verifyJson({ receipts, ...header }, "reordered.json");
+    expect(reordered.ok).toBe(true);
+    const text = JSON.stringify(smallJson).slice(0, -1) + ',"extra":1}';
+    const smuggled = await verifyBundleFile(Buffer.from(text), { trustedKeys: trusted, workers: 0 });
+    expect(smuggled.ok).toBe(false);
+  });
+
   it("gives the same verdict with and without worker threads", async () => {
     const pooled = await verifyBundleFile(small.bundlePath, {
       trustedKeys: trusted,
