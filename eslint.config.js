@@ -13,7 +13,7 @@ const verifierOnlyArtifacts = {
 };
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "coverage/**"] },
+  { ignores: ["dist/**", "node_modules/**", "coverage/**", "scratch/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -123,7 +123,6 @@ export async function verifyBundleFile(
 
   // Pass 1: header members.
   const members = new Map<string, unknown>();
-  let receiptCount = 0;
   try {
     const scan = await scanBundle(path, {
       wantReceipts: false,
@@ -133,7 +132,6 @@ export async function verifyBundleFile(
       // Bundles written by cmcp put every other member first; then pass 1 need not walk the receipts.
       stopAtReceipts: (seen) => BUNDLE_HEADER_FIELDS.every((f) => seen.has(f)),
     });
-    receiptCount = scan.receipts;
     if (!scan.hasReceipts)
       return unreadable(steps, counts, 'not a cmcp evidence bundle: no "receipts" member');
   } catch (err) {
@@ -336,6 +334,7 @@ export async function verifyBundleFile(
     expectedSeq++;
   };
 
+  let receiptCount: number;
   try {
     receiptCount = await streamReceipts(path, members, keys, options, consume);
   } catch (err) {
@@ -689,7 +688,7 @@ async function streamReceipts(
     inflight.push(pool.run(batch, { transferList: [batch.bytes.buffer as ArrayBuffer] }));
     if (inflight.length >= workers * 3) consumeAll(await inflight.shift()!);
   };
-  let count = 0;
+  let count: number;
   try {
     const scan = await scanBundle(path, {
       wantReceipts: true,
