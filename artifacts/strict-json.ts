@@ -31,6 +31,8 @@ export interface JsonLimits {
   maxStringLength: number;
   /** Entries in any single object or array. */
   maxMembers: number;
+  /** Values in the whole document, containers included: bounds memory for many tiny values. */
+  maxValues: number;
 }
 
 export const DEFAULT_JSON_LIMITS: Readonly<JsonLimits> = Object.freeze({
@@ -42,9 +44,11 @@ export const DEFAULT_JSON_LIMITS: Readonly<JsonLimits> = Object.freeze({
   maxStringLength: 1024 * 1024,
   // Caps per-container work (key sorting, duplicate checks, downstream loops).
   maxMembers: 100_000,
+  // 16 MiB of `[0,0,...]` is 8M values (~0.5 GB of heap); real documents hold far fewer.
+  maxValues: 2_000_000,
 });
 
-const LIMIT_NAMES = ["maxBytes", "maxDepth", "maxStringLength", "maxMembers"] as const;
+const LIMIT_NAMES = ["maxBytes", "maxDepth", "maxStringLength", "maxMembers", "maxValues"] as const;
 
 /** 2^53, as digits: integer literals longer than this, or equally long and greater, are rejected. */
 const MAX_INT_DIGITS = "9007199254740992";
@@ -55,7 +59,18 @@ type Container = unknown[] | Record<string, unknown>;
 
 /** Parses untrusted JSON text or UTF-8 bytes; throws CmcpError (codes `json.*`) on anything else. */
 export function parseJson(input: string | Uint8Array, limits?: Partial<JsonLimits>): unknown {
-  const lim = resolveLimits(limits);
+  return parseWith(input, resolveLimits(limits)).value;
+}
+
+/** As parseJson, and also reports how many values the document held (for budgets across documents). */
+export function parseJsonCounted(
+  input: string | Uint8Array,
+  limits?: Partial<JsonLimits>,
+): { value: unknown; values: number } {
+  return parseWith(input, resolveLimits(limits));
+}
+
+function parseWith(input: string | Uint8Array, lim: JsonLimits): { value: unknown; values: number } {
   let text: string;
   let fromBytes = false;
   if (typeof input === "string") {
@@ -181,7 +196,7 @@ class Parser {
     throw new CmcpError(code, `${what} at offset ${offset}`, { offset });
   }
 
-  parseDocument(): unknown {
+  parseDocument(): { value: unknown; values: number } {
     const lim = this.lim;
     // Explicit stack of open containers (the innermost lives in `cur`).
     const parents: Container[] = [];
@@ -193,10 +208,14 @@ class Parser {
     let count = 0;
     let depth = 0;
     let value: unknown;
+    let values = 0;
 
     for (;;) {
       // One value starts here.
       const c = this.skipWs();
+      if (++values > lim.maxValues) {
+        this.fail("json.too-many-values", `document has more than ${lim.maxValues} values`, this.pos);
+      }
       if (c === 0x7b || c === 0x5b) {
         const start = this.pos;
         if (depth >= lim.maxDepth) {
@@ -252,7 +271,7 @@ class Parser {
         if (cur === null) {
           if (this.skipWs() !== -1)
             this.fail("json.syntax", "unexpected data after the JSON value", this.pos);
-          return value;
+          return { value, values };
         }
         count++;
         if (isArray) {

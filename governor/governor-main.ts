@@ -14,41 +14,48 @@ export interface StartOptions {
 }
 
 export async function runGovernor(options: StartOptions): Promise<number> {
-  const config = await loadConfig(options.config);
-  const dataDir = resolve(options.dataDir ?? config.dataDir);
-  const signer = generateSigner();
   const log = (line: string) => process.stderr.write(`cmcp governor: ${line}\n`);
-  const chain = await ReceiptChain.open({
-    dataDir,
-    origin: config.log.origin,
-    signer,
-    provider: "software",
-    checkpointEveryReceipts: config.checkpoint.everyReceipts,
-    checkpointEverySeconds: config.checkpoint.everySeconds,
-    onEvent: (e) => {
-      if (e.kind === "recovered") log(`recovered a torn chain tail: ${JSON.stringify(e.detail)}`);
-      else if (e.kind === "checkpoint") log(`checkpoint size ${e.size} root ${e.rootHash}`);
-      else if (e.kind === "checkpoint-failed") log(`checkpoint failed: ${e.error}`);
-      else if (e.kind === "failed") log(`FAIL CLOSED: ${e.error}`);
-    },
-  });
-  log(`epoch ${chain.epoch} started, key ${signer.keyId}`);
-  log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
-  log(`data dir ${dataDir}, log origin "${chain.origin}", ${chain.size} receipts`);
-  log(`no MCP endpoint yet: the runtime arrives with the two-process gateway; SIGTERM or Ctrl-C stops`);
+  // Signals are handled from the first moment: a SIGTERM during start-up still ends with a final checkpoint.
+  let stopSignal: string | undefined;
+  let wake: () => void = () => undefined;
+  const stopped = new Promise<void>((resolve) => (wake = resolve));
+  const onSignal = (signal: string) => {
+    stopSignal ??= signal;
+    wake();
+  };
+  process.once("SIGTERM", () => onSignal("SIGTERM"));
+  process.once("SIGINT", () => onSignal("SIGINT"));
   // Until the runtime exists nothing else holds the event loop open; keep it until a signal.
   const keepAlive = setInterval(() => undefined, 1 << 30);
-  await new Promise<void>((done) => {
-    const stop = (signal: string) => {
-      log(`${signal}: writing final checkpoint`);
-      clearInterval(keepAlive);
-      done();
-    };
-    process.once("SIGTERM", () => stop("SIGTERM"));
-    process.once("SIGINT", () => stop("SIGINT"));
-  });
-  await chain.close();
-  const cp = chain.lastCheckpoint;
-  log(`stopped at ${chain.durableSize} receipts${cp ? `, last checkpoint size ${cp.size}` : ""}`);
-  return 0;
+  try {
+    const config = await loadConfig(options.config);
+    const dataDir = resolve(options.dataDir ?? config.dataDir);
+    const signer = generateSigner();
+    const chain = await ReceiptChain.open({
+      dataDir,
+      origin: config.log.origin,
+      signer,
+      provider: "software",
+      checkpointEveryReceipts: config.checkpoint.everyReceipts,
+      checkpointEverySeconds: config.checkpoint.everySeconds,
+      onEvent: (e) => {
+        if (e.kind === "recovered") log(`recovered a torn chain tail: ${JSON.stringify(e.detail)}`);
+        else if (e.kind === "checkpoint") log(`checkpoint size ${e.size} root ${e.rootHash}`);
+        else if (e.kind === "checkpoint-failed") log(`checkpoint failed: ${e.error}`);
+        else if (e.kind === "failed") log(`FAIL CLOSED: ${e.error}`);
+      },
+    });
+    log(`epoch ${chain.epoch} started, key ${signer.keyId}`);
+    log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
+    log(`data dir ${dataDir}, log origin "${chain.origin}", ${chain.size} receipts`);
+    log(`no MCP endpoint yet: the runtime arrives with the two-process gateway; SIGTERM or Ctrl-C stops`);
+    await stopped;
+    log(`${stopSignal}: writing final checkpoint`);
+    await chain.close();
+    const cp = chain.lastCheckpoint;
+    log(`stopped at ${chain.durableSize} receipts${cp ? `, last checkpoint size ${cp.size}` : ""}`);
+    return 0;
+  } finally {
+    clearInterval(keepAlive);
+  }
 }

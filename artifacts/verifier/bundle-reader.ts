@@ -34,6 +34,8 @@ export interface ScanHandlers {
    * true ends the scan there (the caller reads the rest in a later pass).
    */
   stopAtReceipts?(seen: ReadonlySet<string>): boolean;
+  /** When given, any other top-level member name is rejected before its value is read. */
+  allowedMembers?: ReadonlySet<string>;
 }
 
 const WS = new Uint8Array(256);
@@ -147,6 +149,9 @@ export async function scanBundle(
               }
               currentKey = key as string;
               if (seenKeys.has(currentKey)) fail(`duplicate member "${currentKey}"`, offset + i);
+              if (handlers.allowedMembers && !handlers.allowedMembers.has(currentKey)) {
+                fail(`unknown member "${currentKey.slice(0, 64)}"`, offset + i);
+              }
               seenKeys.add(currentKey);
               state = State.Colon;
             } else {

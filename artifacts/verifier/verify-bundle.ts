@@ -18,11 +18,12 @@ import { BUNDLE_FORMAT, BUNDLE_HEADER_FIELDS, type BundleHeader } from "../evide
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
 import { openNote } from "../signed-note.js";
-import { parseJson } from "../strict-json.js";
+import { parseJsonCounted } from "../strict-json.js";
 import {
   CallSummaryBuilder,
   reportDataForKey,
   verifyClaimSignature,
+  type CallSummary,
   type TraceClaim,
 } from "../trace-claim.js";
 import bundleSchema from "../schemas/evidence-bundle-v1.schema.json" with { type: "json" };
@@ -101,6 +102,12 @@ class Step {
   }
 }
 
+/** A batch is cut at this many bytes too, so 1 MiB receipts do not make 512 MiB batches. */
+const MAX_BATCH_BYTES = 8 * 1024 * 1024;
+const ALLOWED_MEMBERS: ReadonlySet<string> = new Set([...BUNDLE_HEADER_FIELDS, "receipts"]);
+/** Values (containers included) in all header members together: about 0.3 GB of heap at worst (measured). */
+const HEADER_MAX_VALUES = 2_000_000;
+
 const ajv = new Ajv2020({ strict: true, strictRequired: false, strictTypes: false });
 const validateHeader = ajv.compile<BundleHeader>(bundleSchema);
 
@@ -123,11 +130,20 @@ export async function verifyBundleFile(
 
   // Pass 1: header members.
   const members = new Map<string, unknown>();
+  let headerValues = 0;
   try {
     const scan = await scanBundle(path, {
       wantReceipts: false,
+      allowedMembers: ALLOWED_MEMBERS,
       member(key, value) {
-        members.set(key, parseJson(value, { maxBytes: BUNDLE_LIMITS.maxMemberBytes, maxDepth: 64 }));
+        // One value budget across all header members bounds the heap, not just each member's bytes.
+        const parsed = parseJsonCounted(value, {
+          maxBytes: BUNDLE_LIMITS.maxMemberBytes,
+          maxDepth: 64,
+          maxValues: HEADER_MAX_VALUES - headerValues,
+        });
+        headerValues += parsed.values;
+        members.set(key, parsed.value);
       },
       // Bundles written by cmcp put every other member first; then pass 1 need not walk the receipts.
       stopAtReceipts: (seen) => BUNDLE_HEADER_FIELDS.every((f) => seen.has(f)),
@@ -170,60 +186,52 @@ export async function verifyBundleFile(
   });
   const trusted = resolveTrusted(options.trustedKeys ?? [], step("keys"));
 
-  // Checkpoints: open each note with every bundle key under the bundle's origin.
-  interface Cp {
-    index: number;
-    size: number;
-    root: Uint8Array;
-  }
-  const verifiers = [...keys.values()].map((publicKey) => ({ name: h.origin, publicKey }));
-  const checkpoints: Cp[] = [];
+  // Checkpoints: parsed now for their sizes; their signatures are checked after the receipts, against
+  // the key of the epoch that wrote the last receipt each one covers.
+  const candidates: Cp[] = [];
   h.checkpoints.forEach((note, index) => {
-    const opened = openNote(note, verifiers);
-    if (!opened.ok)
-      return step("checkpoints").fail(`checkpoint #${index}: ${opened.reason}`, {
-        kind: "checkpoint",
-        index,
-      });
-    const parsed = parseCheckpoint(opened.text);
-    if (!parsed.ok)
-      return step("checkpoints").fail(`checkpoint #${index}: ${parsed.reason}`, {
-        kind: "checkpoint",
-        index,
-      });
+    const rec = { kind: "checkpoint" as const, index };
+    const split = note.lastIndexOf("\n\n");
+    const parsed = split < 0 ? null : parseCheckpoint(note.slice(0, split + 1));
+    if (!parsed?.ok) {
+      return step("checkpoints").fail(`checkpoint #${index}: ${parsed?.reason ?? "not a signed note"}`, rec);
+    }
     const cp = parsed.checkpoint;
     if (cp.origin !== h.origin) {
       return step("checkpoints").fail(
         `checkpoint #${index}: origin "${cp.origin}" is not the bundle's "${h.origin}"`,
-        { kind: "checkpoint", index },
+        rec,
       );
     }
     const size = Number(cp.size);
-    const prev = checkpoints[checkpoints.length - 1];
+    const prev = candidates[candidates.length - 1];
     if (prev && size <= prev.size) {
-      return step("checkpoints").fail(`checkpoint #${index}: size ${size} does not grow past ${prev.size}`, {
-        kind: "checkpoint",
-        index,
-      });
+      return step("checkpoints").fail(
+        `checkpoint #${index}: size ${size} does not grow past ${prev.size}`,
+        rec,
+      );
     }
-    checkpoints.push({ index, size, root: cp.rootHash });
+    candidates.push({ index, size, root: cp.rootHash, note });
   });
-  counts.checkpoints = checkpoints.length;
-  const cpBySize = new Map(checkpoints.map((c) => [c.size, c]));
 
   // What the receipt stream must capture for later steps.
   const wantLeaf = new Set<number>(h.inclusion_proofs.map((p) => p.seq));
   const leafAt = new Map<number, Uint8Array>();
   const rootAt = new Map<number, Uint8Array>();
   const tipAt = new Map<number, string>();
+  const kidAt = new Map<number, string>();
   const sizesOfInterest = new Set<number>([
-    ...checkpoints.map((c) => c.size),
+    ...candidates.map((c) => c.size),
     ...h.claims.map((c) => c.checkpoint.size),
   ]);
-  const claimSummaries = h.claims.map((c) => ({
-    size: c.checkpoint.size,
-    builder: new CallSummaryBuilder(c.session_id),
-  }));
+  // One running summary per claimed session, snapshotted at each claim's size: linear in receipts + claims.
+  const sessionBuilders = new Map(h.claims.map((c) => [c.session_id, new CallSummaryBuilder(c.session_id)]));
+  const claimsAtSize = new Map<number, number[]>();
+  h.claims.forEach((c, i) =>
+    claimsAtSize.set(c.checkpoint.size, [...(claimsAtSize.get(c.checkpoint.size) ?? []), i]),
+  );
+  const summaryOf = new Map<number, CallSummary>();
+  const nullHashes = { policy: -1, catalog: -1 };
   const policyHashes = new Set<string>();
   const catalogHashes = new Set<string>();
   const introducedAt = new Map<string, number>();
@@ -321,13 +329,19 @@ export async function verifyBundleFile(
       lastCheckpointData = { size: cd.size, root_hash: cd.root_hash };
     }
     if (f.policy.bundle_hash) policyHashes.add(f.policy.bundle_hash);
+    else if (f.decision && nullHashes.policy < 0) nullHashes.policy = f.seq;
     if (f.policy.catalog_hash) catalogHashes.add(f.policy.catalog_hash);
-    for (const c of claimSummaries) if (f.seq < c.size) c.builder.add(f);
+    else if (f.decision && nullHashes.catalog < 0) nullHashes.catalog = f.seq;
+    if (f.subject.session !== undefined) sessionBuilders.get(f.subject.session)?.add(f);
     if (wantLeaf.has(f.seq)) leafAt.set(f.seq, f.leafHash);
     acc.append(f.leafHash);
     if (sizesOfInterest.has(acc.size)) {
       rootAt.set(acc.size, acc.root());
       tipAt.set(acc.size, f.entryHash);
+      kidAt.set(acc.size, epochKid ?? "");
+      for (const i of claimsAtSize.get(acc.size) ?? []) {
+        summaryOf.set(i, sessionBuilders.get(h.claims[i]!.session_id)!.summary());
+      }
     }
     prevHash = f.entryHash;
     tipSeq = f.seq;
@@ -344,21 +358,49 @@ export async function verifyBundleFile(
   step("bundle").detail =
     `${receiptCount} receipts, ${h.keys.length} keys, ${h.checkpoints.length} checkpoints, ${h.claims.length} claims`;
   if (receiptCount === 0) chain.fail("the bundle holds no receipts");
-  for (const cp of checkpoints) {
+  const checkpoints: Cp[] = [];
+  for (const cp of candidates) {
+    const rec = { kind: "checkpoint" as const, index: cp.index };
     if (cp.size > receiptCount) {
-      const text = `checkpoint #${cp.index}: size ${cp.size} exceeds the ${receiptCount} receipts in the bundle`;
-      step("checkpoints").fail(text, { kind: "checkpoint", index: cp.index });
+      step("checkpoints").fail(
+        `checkpoint #${cp.index}: size ${cp.size} exceeds the ${receiptCount} receipts in the bundle`,
+        rec,
+      );
+      continue;
     }
+    const kid = kidAt.get(cp.size);
+    const publicKey = kid ? keys.get(kid) : undefined;
+    if (!kid || !publicKey) {
+      step("checkpoints").fail(
+        `checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`,
+        rec,
+      );
+      continue;
+    }
+    // Only the key of the epoch that wrote receipt size-1 may sign: a retired key cannot cut a later epoch.
+    const opened = openNote(cp.note, [{ name: h.origin, publicKey }]);
+    if (!opened.ok) {
+      step("checkpoints").fail(
+        `checkpoint #${cp.index} (size ${cp.size}): not signed by epoch key ${kid.slice(0, 16)}: ${opened.reason}`,
+        rec,
+      );
+      continue;
+    }
+    checkpoints.push(cp);
   }
+  counts.checkpoints = checkpoints.length;
+  const cpBySize = new Map(checkpoints.map((c) => [c.size, c]));
 
   // Keys: every listed key must be introduced on the chain, and anchored.
+  const keyIndex = new Map(h.keys.map((k, i) => [k.kid, i]));
   for (const kid of keys.keys()) {
     if (!introducedAt.has(kid) && brokenAt < 0)
       step("keys").fail(`key ${kid} is not introduced by any epoch_start receipt`, {
         kind: "key",
-        index: h.keys.findIndex((k) => k.kid === kid),
+        index: keyIndex.get(kid) ?? -1,
       });
   }
+  if (h.keys.length === 0) step("keys").fail("the bundle lists no signer keys");
   // Attestation entries: until hardware verifiers land, only the software provider (no evidence) is known.
   h.attestation.forEach((a, index) => {
     const rec = { kind: "key" as const, index };
@@ -481,55 +523,62 @@ export async function verifyBundleFile(
 
   // Claims.
   const claims = step("claims");
-  h.claims.forEach((c, index) =>
-    checkClaim(c, index, claimSummaries[index]!.builder, h, keys, cpBySize, rootAt, tipAt, claims),
-  );
+  const claimContext = { h, keys, cpBySize, rootAt, tipAt, kidAt };
+  h.claims.forEach((c, index) => checkClaim(c, index, summaryOf.get(index), claimContext, claims));
   if (h.claims.length === 0 && claims.status === "pass") {
     claims.status = "skip";
     claims.detail = "no TRACE claims in the bundle";
   }
 
-  // Approved hashes.
+  // Approved hashes: every decision and claim must name the approved hash; a null one is not approved.
   const approved = step("approved");
-  const wanted: [
-    string,
-    string | undefined,
-    Set<string>,
-    (c: TraceClaim) => string | null,
-    string | null | undefined,
-  ][] = [
-    [
-      "policy bundle",
-      options.policyHash,
-      policyHashes,
-      (c) => c.policy_bundle.hash,
-      h.policy_artifact?.bundle_hash,
-    ],
-    [
-      "catalog",
-      options.catalogHash,
-      catalogHashes,
-      (c) => c.tool_catalog.hash,
-      h.policy_artifact?.catalog_hash,
-    ],
+  const wanted = [
+    {
+      flag: "--policy-hash",
+      label: "policy bundle",
+      want: options.policyHash,
+      seen: policyHashes,
+      nullAt: nullHashes.policy,
+      fromClaim: (c: TraceClaim) => c.policy_bundle.hash,
+      fromArtifact: h.policy_artifact?.bundle_hash,
+    },
+    {
+      flag: "--catalog-hash",
+      label: "catalog",
+      want: options.catalogHash,
+      seen: catalogHashes,
+      nullAt: nullHashes.catalog,
+      fromClaim: (c: TraceClaim) => c.tool_catalog.hash,
+      fromArtifact: h.policy_artifact?.catalog_hash,
+    },
   ];
   let anyWanted = false;
-  for (const [label, want, seen, fromClaim, fromArtifact] of wanted) {
+  for (const { flag, label, want, seen, nullAt, fromClaim, fromArtifact } of wanted) {
     if (want === undefined) continue;
     anyWanted = true;
     const named = new Set(seen);
+    if (fromArtifact) named.add(fromArtifact);
+    const nullClaim = h.claims.findIndex((c) => fromClaim(c) === null);
     for (const c of h.claims) {
       const v = fromClaim(c);
       if (v) named.add(v);
     }
-    if (fromArtifact) named.add(fromArtifact);
-    const others = [...named].filter((x) => x !== want);
-    if (named.size === 0)
+    const other = [...named].find((x) => x !== want);
+    if (other !== undefined)
+      approved.fail(`${label} hash ${other} is named in the bundle, not the approved ${want}`);
+    else if (nullAt >= 0) {
       approved.fail(
-        `no receipt, claim or artifact names a ${label} hash, so --${label === "catalog" ? "catalog" : "policy"}-hash cannot be confirmed`,
+        `receipt seq ${nullAt} records a decision made without any ${label} hash, so not under the approved one`,
+        {
+          kind: "receipt",
+          index: nullAt,
+          seq: nullAt,
+        },
       );
-    else if (others.length > 0)
-      approved.fail(`${label} hash ${others[0]} is named in the bundle, not the approved ${want}`);
+    } else if (nullClaim >= 0) {
+      approved.fail(`claim #${nullClaim} names no ${label} hash`, { kind: "claim", index: nullClaim });
+    } else if (named.size === 0)
+      approved.fail(`no receipt, claim or artifact names a ${label} hash, so ${flag} cannot be confirmed`);
   }
   if (!anyWanted) {
     approved.status = "skip";
@@ -552,6 +601,13 @@ export async function verifyBundleFile(
   return finish(steps, counts, false, anchored);
 }
 
+interface Cp {
+  index: number;
+  size: number;
+  root: Uint8Array;
+  note: string;
+}
+
 function sameCheckpoint(
   a: { size: number; root_hash: string } | null,
   b: { size: number; root_hash: string } | null,
@@ -568,15 +624,20 @@ function decodeProof(proof: string[]): Uint8Array[] | null {
   }
 }
 
+interface ClaimContext {
+  h: BundleHeader;
+  keys: Map<string, Uint8Array>;
+  cpBySize: Map<number, { root: Uint8Array }>;
+  rootAt: Map<number, Uint8Array>;
+  tipAt: Map<number, string>;
+  kidAt: Map<number, string>;
+}
+
 function checkClaim(
   c: TraceClaim,
   index: number,
-  builder: CallSummaryBuilder,
-  h: BundleHeader,
-  keys: Map<string, Uint8Array>,
-  cpBySize: Map<number, { root: Uint8Array }>,
-  rootAt: Map<number, Uint8Array>,
-  tipAt: Map<number, string>,
+  s: CallSummary | undefined,
+  { h, keys, cpBySize, rootAt, tipAt, kidAt }: ClaimContext,
   step: Step,
 ): void {
   const rec = { kind: "claim" as const, index };
@@ -584,6 +645,9 @@ function checkClaim(
   const pub = keys.get(c.signing_key.kid);
   if (!pub || Buffer.from(pub).toString("base64") !== c.signing_key.public_key) {
     return step.fail(`${where}: signing key ${c.signing_key.kid} is not a bundle key`, rec);
+  }
+  if (kidAt.get(c.checkpoint.size) !== c.signing_key.kid) {
+    return step.fail(`${where}: not signed by the key of the epoch its checkpoint ends in`, rec);
   }
   if (!verifyClaimSignature(c, pub)) return step.fail(`${where}: signature does not verify`, rec);
   if (c.attestation_report.report_data !== reportDataForKey(pub))
@@ -604,8 +668,8 @@ function checkClaim(
     return step.fail(`${where}: audit_chain_root does not match the receipts`, rec);
   if (tipAt.get(c.checkpoint.size) !== c.audit_chain_tip)
     return step.fail(`${where}: audit_chain_tip is not the last receipt its checkpoint covers`, rec);
-  const s = builder.summary();
   const cs = c.call_summary;
+  if (!s) return step.fail(`${where}: the receipts it summarizes could not all be checked`, rec);
   if (
     s.tool_calls_total !== cs.tool_calls_total ||
     s.allowed !== cs.allowed ||
@@ -673,12 +737,14 @@ async function streamReceipts(
   };
   const submit = async () => {
     if (ends.length === 0) return;
-    const batch: ReceiptBatch = {
-      firstIndex,
-      bytes: new Uint8Array(Buffer.concat(parts, total)),
-      ends,
-      keys: keyList,
-    };
+    // An unpooled buffer: its ArrayBuffer is transferred to a worker, which must not take other Buffers with it.
+    const bytes = Buffer.allocUnsafeSlow(total);
+    let at = 0;
+    for (const p of parts) {
+      bytes.set(p, at);
+      at += p.length;
+    }
+    const batch: ReceiptBatch = { firstIndex, bytes, ends, keys: keyList };
     firstIndex += ends.length;
     parts = [];
     ends = [];
@@ -704,7 +770,7 @@ async function streamReceipts(
         parts.push(value);
         total += value.length;
         ends.push(total);
-        if (ends.length >= batchSize) await submit();
+        if (ends.length >= batchSize || total >= MAX_BATCH_BYTES) await submit();
       },
     });
     count = scan.receipts;

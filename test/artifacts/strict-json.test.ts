@@ -306,6 +306,7 @@ describe("limits", () => {
       maxDepth: 64,
       maxStringLength: 1024 * 1024,
       maxMembers: 100_000,
+      maxValues: 2_000_000,
     });
     expect(Object.isFrozen(DEFAULT_JSON_LIMITS)).toBe(true);
   });
@@ -538,6 +539,19 @@ describe("properties", () => {
         }
       }),
       { numRuns: 3000 },
+    );
+  });
+});
+
+describe("parseJson maxValues", () => {
+  it("bounds the total number of values, containers included", () => {
+    expect(parseJson("[0,0,0]", { maxValues: 4 })).toEqual([0, 0, 0]);
+    expect(() => parseJson("[0,0,0]", { maxValues: 3 })).toThrow(/more than 3 values/);
+    expect(() => parseJson('{"a":[{},{}]}', { maxValues: 3 })).toThrow(
+      expect.objectContaining({ code: "json.too-many-values" }),
+    );
+    expect(() => parseJson("[]", { maxValues: -1 })).toThrow(
+      expect.objectContaining({ code: "json.limits" }),
     );
   });
 });

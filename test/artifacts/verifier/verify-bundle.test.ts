@@ -300,3 +300,88 @@ describe("tampering", () => {
     }
   });
 });
+
+describe("review findings stay fixed", () => {
+  it("a retired epoch key cannot sign a checkpoint (or cut the log) inside a later epoch", async () => {
+    const { canonicalBytes } = await import("../../../artifacts/canonical-json.js");
+    const { signCheckpoint } = await import("../../../artifacts/checkpoint.js");
+    const { leafHash, MerkleTree } = await import("../../../artifacts/merkle.js");
+    const receipts = smallJson.receipts as { type: string; epoch: number }[];
+    const start1 = receipts.findIndex((r) => r.type === "epoch_start" && r.epoch === 1);
+    const cut = start1 + 2;
+    const kept = receipts.slice(0, cut);
+    const tree = new MerkleTree(kept.map((r) => leafHash(canonicalBytes(r))));
+    const sizeOf = (n: string) => Number(n.split("\n")[1]);
+    const forge = (signer: (typeof small.signers)[number]) => {
+      const notes = (smallJson.checkpoints as string[]).filter((n) => sizeOf(n) < cut);
+      notes.push(
+        signCheckpoint({ origin: TEST_ORIGIN, size: cut, rootHash: tree.root(cut) }, [
+          { name: TEST_ORIGIN, signer },
+        ]),
+      );
+      const sizes = notes.map(sizeOf);
+      return {
+        ...smallJson,
+        receipts: kept,
+        checkpoints: notes,
+        consistency_proofs: sizes.slice(1).map((s, i) => ({
+          old_size: sizes[i]!,
+          new_size: s,
+          proof: tree.consistencyProof(sizes[i]!, s).map(toBase64),
+        })),
+        inclusion_proofs: [],
+        claims: [],
+      };
+    };
+    const byOldKey = await verifyJson(forge(small.signers[0]!), "forged.json");
+    expect(byOldKey.ok).toBe(false);
+    expect(byOldKey.steps.find((s) => s.id === "checkpoints")?.detail).toMatch(/not signed by epoch key/);
+    // The same cut signed by the right epoch's key is a genuine (shorter) log: cutting at a signed checkpoint is allowed.
+    expect((await verifyJson(forge(small.signers[1]!), "cut.json")).ok).toBe(true);
+  });
+
+  it("--policy-hash fails when a decision was made without any policy", async () => {
+    const mixed = await makeBundle({ epochs: 1, receiptsPerEpoch: 3 });
+    try {
+      const { ReceiptChain } = await import("../../../governor/receipt-chain.js");
+      const { generateSigner } = await import("../../../artifacts/keys.js");
+      const { exportBundle } = await import("../../../governor/export-bundle.js");
+      const signer = generateSigner();
+      const chain = await ReceiptChain.open({
+        dataDir: mixed.dataDir,
+        origin: TEST_ORIGIN,
+        signer,
+        provider: "software",
+        checkpointEverySeconds: 0,
+      });
+      await chain.append({
+        type: "decision",
+        subject: { session: "x", method: "tools/call", tool: "rm" },
+        decision: { outcome: "allow", reasons: [], policy_ids: [] },
+      });
+      await chain.close();
+      await exportBundle(mixed.dataDir, mixed.bundlePath);
+      const r = await verifyBundleFile(mixed.bundlePath, {
+        trustedKeys: [...mixed.signers.map((s) => s.keyId), signer.keyId],
+        policyHash: POLICY_HASH,
+      });
+      expect(r.ok).toBe(false);
+      expect(r.steps.find((s) => s.id === "approved")?.detail).toMatch(/without any policy bundle hash/);
+    } finally {
+      await mixed.cleanup();
+    }
+  });
+
+  it("rejects unknown header members before reading them, and bounds the values of known ones", async () => {
+    const unknown = await verifyBundleFile(
+      Buffer.from('{"format":"cmcp.evidence-bundle.v1","a":[{}],"receipts":[]}'),
+    );
+    expect(unknown.unreadable).toBe(true);
+    expect(unknown.summary).toMatch(/unknown member "a"/);
+    const inner = `[${Array(70_000).fill("0").join(",")}]`;
+    const many = `{"format":"cmcp.evidence-bundle.v1","keys":[${Array(30).fill(inner).join(",")}],"receipts":[]}`;
+    const r = await verifyBundleFile(Buffer.from(many));
+    expect(r.unreadable).toBe(true);
+    expect(r.summary).toMatch(/more than \d+ values/);
+  });
+});
