@@ -46,7 +46,9 @@ export async function runGovernor(options: StartOptions): Promise<number> {
       },
     });
     log(`epoch ${chain.epoch} started, key ${signer.keyId}`);
-    log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
+    log(
+      `provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`,
+    );
     log(`data dir ${dataDir}, log origin "${chain.origin}", ${chain.size} receipts`);
     log(`no MCP endpoint yet: the runtime arrives with the two-process gateway; SIGTERM or Ctrl-C stops`);
     await stopped;
