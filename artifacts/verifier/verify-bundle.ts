@@ -17,7 +17,7 @@ import { CmcpError, isCmcpError } from "../errors.js";
 import { BUNDLE_FORMAT, BUNDLE_HEADER_FIELDS, type BundleHeader } from "../evidence-bundle.js";
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
-import { openNote } from "../signed-note.js";
+import { openNote, parseVerifierKey } from "../signed-note.js";
 import { parseJsonCounted } from "../strict-json.js";
 import {
   CallSummaryBuilder,
@@ -692,17 +692,19 @@ function resolveTrusted(inputs: string[], step: Step): Set<string> {
       out.add(t);
       continue;
     }
-    const vkey = t.split("+");
-    const b64 = vkey.length === 3 ? vkey[2]! : t;
+    // A raw base64 key may itself contain '+', so try it first; a verifier key must parse in full.
+    let pub: Uint8Array | undefined;
     try {
-      const bytes = fromBase64(b64);
-      const pub = bytes.length === 33 && bytes[0] === 0x01 ? bytes.subarray(1) : bytes;
-      out.add(keyId(pub));
+      pub = fromBase64(t, 32);
     } catch {
+      const vkey = parseVerifierKey(t);
+      if (vkey.ok) pub = vkey.publicKey;
+    }
+    if (pub) out.add(keyId(pub));
+    else
       step.fail(
         `--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`,
       );
-    }
   }
   return out;
 }

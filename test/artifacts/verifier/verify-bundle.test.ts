@@ -70,6 +70,19 @@ describe("verifyBundleFile on a real chain export", () => {
       trustedKeys: [toBase64(a!.publicKey), formatVerifierKey(TEST_ORIGIN, b!.publicKey)],
     });
     expect(r.ok).toBe(true);
+    // Keys whose base64 holds '+' characters must not be mistaken for name+hash+key verifier keys.
+    const { signerFromSeed } = await import("../../../artifacts/keys.js");
+    let found = 0;
+    for (let seed = 0; found < 3 && seed < 5000; seed++) {
+      const k = signerFromSeed(new Uint8Array(32).fill(seed % 256).map((x, i) => (i === 0 ? seed >> 8 : x)));
+      const b64 = toBase64(k.publicKey);
+      if (b64.split("+").length !== 3) continue;
+      expect(b64.length).toBe(44);
+      found++;
+      const rr = await verifyBundleFile(small.bundlePath, { trustedKeys: [...trusted, b64] });
+      expect(rr.steps.find((s) => s.id === "keys")?.status, b64).toBe("pass"); // an extra trusted key is harmless
+    }
+    expect(found).toBe(3);
     const bad = await verifyBundleFile(small.bundlePath, { trustedKeys: ["not-a-key"] });
     expect(firstFailure(bad)).toBe("keys");
   });
