@@ -682,16 +682,7 @@ export class ChainStore {
       if (typeof checked === "string") throw corrupt(segment.seg, off, checked);
       return checked.slice();
     }
-    try {
-      return await readSealed(this.io, segment, seq);
-    } catch (err) {
-      if (!(err instanceof CmcpError && err.code === "store.corrupt")) throw ioError("read", err);
-      // The index is only a cache: rebuild it from the segment and look again.
-      return this.heal(segment, err.message).then(
-        () => readSealed(this.io, segment, seq),
-        (e: unknown) => Promise.reject(ioError("read", e)),
-      );
-    }
+    return this.withHealing(segment, () => readSealed(this.io, segment, seq));
   }
 
   /** Streams entries [from, to) in order with bounded memory. */
@@ -883,17 +874,20 @@ export class ChainStore {
     return this.segments[lo]!;
   }
 
-  private async offsetOf(segment: Segment, seq: number): Promise<number> {
-    if (segment === this.active.segment) return this.active.offsets[seq - segment.first]!;
+  /** Runs a lookup through a sealed segment's index; on a stale index, rebuilds it and looks again. */
+  private async withHealing<T>(segment: Segment, lookup: () => Promise<T>): Promise<T> {
     try {
-      return await sealedOffset(this.io, segment, seq);
+      return await lookup();
     } catch (err) {
       if (!(err instanceof CmcpError && err.code === "store.corrupt")) throw ioError("read", err);
-      return this.heal(segment, err.message).then(
-        () => sealedOffset(this.io, segment, seq),
-        (e: unknown) => Promise.reject(ioError("read", e)),
-      );
+      // The index is only a cache: rebuild it from the segment and look again.
+      return this.heal(segment, err.message).then(lookup, (e: unknown) => Promise.reject(ioError("read", e)));
     }
+  }
+
+  private async offsetOf(segment: Segment, seq: number): Promise<number> {
+    if (segment === this.active.segment) return this.active.offsets[seq - segment.first]!;
+    return this.withHealing(segment, () => sealedOffset(this.io, segment, seq));
   }
 
   private heal(segment: Segment, reason: string): Promise<void> {
