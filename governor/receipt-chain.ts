@@ -24,8 +24,10 @@ import {
   type ReceiptPolicy,
   type ReceiptSubject,
   type ReceiptType,
+  type SignedEntry,
 } from "../artifacts/receipt.js";
 import { parseJson } from "../artifacts/strict-json.js";
+import { RECEIPT_JSON_LIMITS, validateReceipt } from "../artifacts/verifier/check-receipt.js";
 import {
   CallSummaryBuilder,
   reportDataForKey,
@@ -241,7 +243,17 @@ export class ReceiptChain {
       ...(fields.commitments ? { commitments: fields.commitments } : {}),
       ...(fields.data ? { data: fields.data } : {}),
     } as const;
-    const signed = signReceipt(unsigned, this.signer);
+    let signed: SignedEntry;
+    try {
+      signed = signReceipt(unsigned, this.signer);
+      assertVerifiable(signed);
+    } catch (err) {
+      // A receipt the verifier could not read is refused before any state changes; the chain stays usable.
+      const why = isCmcpError(err) ? err.message : String(err);
+      return Promise.reject(
+        new CmcpError("chain.invalid-receipt", `refusing to record a ${fields.type} receipt: ${why}`),
+      );
+    }
     if (seq !== this.#store.nextSeq) {
       return Promise.reject(
         new CmcpError(
@@ -416,6 +428,18 @@ export class ReceiptChain {
       await this.#unlock();
     }
   }
+}
+
+/** What the governor writes, the verifier must accept: same schema, same parser limits. */
+function assertVerifiable(signed: SignedEntry): void {
+  if (!validateReceipt(signed.receipt)) {
+    const e = validateReceipt.errors?.[0];
+    throw new CmcpError(
+      "chain.invalid-receipt",
+      `receipt-v1 schema: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`,
+    );
+  }
+  parseJson(signed.entry, RECEIPT_JSON_LIMITS);
 }
 
 interface Replay {

@@ -239,3 +239,28 @@ describe("ReceiptChain", () => {
     });
   });
 });
+
+describe("ReceiptChain refuses receipts the verifier could not read", () => {
+  it("rejects them with a clear error and stays usable", async () => {
+    const chain = await open();
+    await expect(chain.append(decision("s", "bad\ud800name", "allow"))).rejects.toMatchObject({
+      code: "chain.invalid-receipt",
+    });
+    await expect(
+      chain.append({
+        type: "decision",
+        subject: { session: "s", tool: "x".repeat(2000) },
+        decision: { outcome: "allow", reasons: [], policy_ids: [] },
+      }),
+    ).rejects.toMatchObject({ code: "chain.invalid-receipt" });
+    await expect(
+      chain.append({ type: "drift", subject: { server: "s" }, data: { blob: "y".repeat(100_000) } }),
+    ).rejects.toMatchObject({ code: "chain.invalid-receipt" });
+    const ok = await chain.append(decision("s", "echo", "allow"));
+    expect(ok.seq).toBe(1);
+    await chain.close();
+    const out = join(dir, "bundle.json");
+    await exportBundle(join(dir, "data"), out);
+    expect((await verifyBundleFile(out, { trustedKeys: [chain.signer.keyId] })).ok).toBe(true);
+  });
+});
