@@ -22,11 +22,12 @@ export function buildProgram(): Command {
   program
     .command("start")
     .description(
-      "Start the governor: create this start's epoch signing key in memory, open the receipt chain, and checkpoint it periodically. SIGTERM writes a final checkpoint and exits 0.",
+      "Start the gateway: the governor (epoch key, receipt chain, decisions) and the keyless runtime it spawns, which serves MCP. With no --config, runs the embedded dev-mode default on 127.0.0.1 with the reference servers as upstreams. SIGTERM drains, writes a final checkpoint and exits 0.",
     )
-    .option("-c, --config <file>", "JSON config file (default: the embedded configuration)")
+    .option("-c, --config <file>", "JSON gateway config (default: the embedded dev-mode configuration)")
     .option("-d, --data-dir <dir>", "data directory for the receipt chain (overrides the config)")
-    .action(async (opts: { config?: string; dataDir?: string }) => {
+    .option("-l, --listen <host:port>", "agent-facing listen address (overrides the config; port 0 picks a free port)")
+    .action(async (opts: { config?: string; dataDir?: string; listen?: string }) => {
       const { runGovernor } = await import("../governor/governor-main.js");
       process.exitCode = await runGovernor(opts);
     });

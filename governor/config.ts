@@ -1,56 +1,184 @@
 /**
- * Governor configuration: an embedded default, optionally overridden by a
- * JSON file. Unknown keys are errors, so a typo never silently falls back to
- * a default.
+ * Gateway configuration: one JSON file, validated on load with errors that
+ * name the field, or — with no file — the embedded dev-mode default (loopback
+ * only, advisory, the reference servers as upstreams).
  */
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
+import { isAbsolute, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
+import type { EnforcementMode } from "../artifacts/trace-claim.js";
+import type { UpstreamSpec } from "./boundary.js";
 
-export interface GovernorConfig {
-  /** Where the receipt chain, checkpoints and claims live. */
-  dataDir: string;
-  log: {
-    /** Checkpoint origin line: names this log to witnesses and auditors. */
-    origin: string;
+export interface GatewayConfig {
+  listen: { host: string; port: number };
+  data_dir: string;
+  mode: EnforcementMode;
+  /** Interim fixed policy (a JSON deny-list file) until Cedar bundles land; none allows everything. */
+  policy: string | null;
+  log: { origin: string };
+  checkpoint: { every_receipts: number; every_seconds: number };
+  drain_timeout_seconds: number;
+  collision: "refuse" | "prefix";
+  tls: { cert_file: string; key_file: string } | null;
+  agents: { name: string; token_sha256: string; workflows: string[] }[];
+  upstreams: UpstreamSpec[];
+  limits: {
+    max_body_bytes: number;
+    governor_timeout_ms: number;
+    max_sessions: number;
+    session_idle_seconds: number;
   };
-  checkpoint: { everyReceipts: number; everySeconds: number };
-  /** How long SIGTERM waits for in-flight calls before the final checkpoint. */
-  drainTimeoutSeconds: number;
+  runtime: { user: string };
+  /** True only for the embedded default: no auth on loopback, loudly labelled. */
+  dev: boolean;
 }
 
-export function defaultConfig(): GovernorConfig {
+const LIMIT_DEFAULTS: GatewayConfig["limits"] = {
+  max_body_bytes: 4 * 1024 * 1024,
+  governor_timeout_ms: 5000,
+  max_sessions: 1000,
+  session_idle_seconds: 3600,
+};
+
+function defaultOrigin(): string {
+  return `cmcp.local/${hostname().replace(/[^A-Za-z0-9.-]/g, "-") || "governor"}`;
+}
+
+function packageBin(pkg: string): string {
+  return fileURLToPath(import.meta.resolve(`@modelcontextprotocol/${pkg}/dist/index.js`));
+}
+
+/**
+ * The embedded default: dev mode on 127.0.0.1 with server-everything and
+ * server-filesystem (over `filesystemRoot`) as stdio upstreams, advisory.
+ */
+export function devConfig(filesystemRoot: string): GatewayConfig {
   return {
-    dataDir: ".cmcp-data",
-    log: { origin: `cmcp.local/${hostname().replace(/[^A-Za-z0-9.-]/g, "-") || "governor"}` },
-    checkpoint: { everyReceipts: 1000, everySeconds: 60 },
-    drainTimeoutSeconds: 10,
+    listen: { host: "127.0.0.1", port: 8765 },
+    data_dir: ".cmcp-data",
+    mode: "advisory",
+    policy: null,
+    log: { origin: defaultOrigin() },
+    checkpoint: { every_receipts: 1000, every_seconds: 60 },
+    drain_timeout_seconds: 10,
+    collision: "prefix",
+    tls: null,
+    agents: [],
+    upstreams: [
+      { name: "everything", transport: "stdio", command: process.execPath, args: [packageBin("server-everything"), "stdio"] },
+      {
+        name: "filesystem",
+        transport: "stdio",
+        command: process.execPath,
+        args: [packageBin("server-filesystem"), filesystemRoot],
+        roots: [{ uri: `file://${filesystemRoot}`, name: "dev sandbox" }],
+      },
+    ],
+    limits: { ...LIMIT_DEFAULTS },
+    runtime: { user: "cmcp-runtime" },
+    dev: true,
   };
 }
+
+const str = (max = 1024) => ({ type: "string", minLength: 1, maxLength: max }) as const;
 
 const schema = {
   type: "object",
   additionalProperties: false,
+  required: ["upstreams"],
   properties: {
-    dataDir: { type: "string", minLength: 1, maxLength: 4096 },
+    listen: { type: "string", pattern: "^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$" },
+    data_dir: str(4096),
+    mode: { enum: ["enforcing", "advisory", "silent"] },
+    policy: str(4096),
     log: {
       type: "object",
       additionalProperties: false,
-      properties: {
-        origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" },
-      },
+      properties: { origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" } },
     },
     checkpoint: {
       type: "object",
       additionalProperties: false,
       properties: {
-        everyReceipts: { type: "integer", minimum: 1, maximum: 10000000 },
-        everySeconds: { type: "integer", minimum: 0, maximum: 86400 },
+        every_receipts: { type: "integer", minimum: 1, maximum: 10_000_000 },
+        every_seconds: { type: "integer", minimum: 0, maximum: 86_400 },
       },
     },
-    drainTimeoutSeconds: { type: "integer", minimum: 0, maximum: 3600 },
+    drain_timeout_seconds: { type: "integer", minimum: 0, maximum: 3600 },
+    collision: { enum: ["refuse", "prefix"] },
+    tls: {
+      type: "object",
+      additionalProperties: false,
+      required: ["cert_file", "key_file"],
+      properties: { cert_file: str(4096), key_file: str(4096) },
+    },
+    agents: {
+      type: "array",
+      maxItems: 10_000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["name", "token_sha256"],
+        properties: {
+          name: str(),
+          token_sha256: { type: "string", pattern: "^[0-9a-f]{64}$" },
+          workflows: { type: "array", maxItems: 256, items: str() },
+        },
+      },
+    },
+    upstreams: {
+      type: "array",
+      minItems: 1,
+      maxItems: 256,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["name"],
+        properties: {
+          name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
+          transport: { enum: ["stdio", "streamable-http", "sse"] },
+          command: str(4096),
+          args: { type: "array", maxItems: 256, items: { type: "string", maxLength: 4096 } },
+          env: { type: "object", maxProperties: 256, additionalProperties: { type: "string", maxLength: 65_536 } },
+          cwd: str(4096),
+          url: { type: "string", pattern: "^https?://", maxLength: 4096 },
+          headers: { type: "object", maxProperties: 64, additionalProperties: { type: "string", maxLength: 65_536 } },
+          connect_timeout_ms: { type: "integer", minimum: 1, maximum: 600_000 },
+          call_timeout_ms: { type: "integer", minimum: 1, maximum: 3_600_000 },
+          max_response_bytes: { type: "integer", minimum: 1, maximum: 256 * 1024 * 1024 },
+          stateless: { type: "boolean" },
+          roots: {
+            type: "array",
+            maxItems: 64,
+            items: {
+              type: "object",
+              additionalProperties: false,
+              required: ["uri"],
+              properties: { uri: str(4096), name: str() },
+            },
+          },
+        },
+      },
+    },
+    limits: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        max_body_bytes: { type: "integer", minimum: 1024, maximum: 256 * 1024 * 1024 },
+        governor_timeout_ms: { type: "integer", minimum: 10, maximum: 600_000 },
+        max_sessions: { type: "integer", minimum: 1, maximum: 1_000_000 },
+        session_idle_seconds: { type: "integer", minimum: 1, maximum: 604_800 },
+      },
+    },
+    runtime: {
+      type: "object",
+      additionalProperties: false,
+      properties: { user: { type: "string", pattern: "^[a-z_][a-z0-9_-]{0,31}$" } },
+    },
   },
 } as const;
 
@@ -59,9 +187,23 @@ const validate = new Ajv2020({ strict: true, allErrors: true }).compile(schema);
 /** Config files are small; anything larger is a mistake. */
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
-export async function loadConfig(path?: string): Promise<GovernorConfig> {
-  const base = defaultConfig();
-  if (!path) return base;
+type RawUpstream = {
+  name: string;
+  transport?: UpstreamSpec["transport"];
+  command?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  url?: string;
+  headers?: Record<string, string>;
+  connect_timeout_ms?: number;
+  call_timeout_ms?: number;
+  max_response_bytes?: number;
+  stateless?: boolean;
+  roots?: { uri: string; name?: string }[];
+};
+
+export async function loadConfig(path: string): Promise<GatewayConfig> {
   let value: unknown;
   try {
     value = parseJson(await readFile(path), { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
@@ -70,14 +212,80 @@ export async function loadConfig(path?: string): Promise<GovernorConfig> {
     throw new CmcpError("config.read", `cannot read config ${path}: ${why}`);
   }
   if (!validate(value)) {
-    const problems = (validate.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message}`).join("; ");
+    const problems = (validate.errors ?? [])
+      .map((e) => `${e.instancePath || "/"} ${e.message}${e.params && "additionalProperty" in e.params ? ` "${String(e.params.additionalProperty)}"` : ""}`)
+      .join("; ");
     throw new CmcpError("config.invalid", `config ${path} is invalid: ${problems}`);
   }
-  const v = value as Partial<GovernorConfig>;
-  return {
-    dataDir: v.dataDir ?? base.dataDir,
-    log: { ...base.log, ...v.log },
-    checkpoint: { ...base.checkpoint, ...v.checkpoint },
-    drainTimeoutSeconds: v.drainTimeoutSeconds ?? base.drainTimeoutSeconds,
+  const v = value as Record<string, unknown> & { upstreams: RawUpstream[] };
+  const base = resolve(path, "..");
+  const rel = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const names = new Set<string>();
+  const upstreams = v.upstreams.map((u, i): UpstreamSpec => {
+    const where = `/upstreams/${i}`;
+    if (names.has(u.name)) throw new CmcpError("config.invalid", `config ${path}: ${where}/name "${u.name}" is used twice`);
+    names.add(u.name);
+    const transport = u.transport ?? (u.url ? "streamable-http" : "stdio");
+    if (transport === "stdio" && !u.command) throw new CmcpError("config.invalid", `config ${path}: ${where} needs "command" for a stdio upstream`);
+    if (transport !== "stdio" && !u.url) throw new CmcpError("config.invalid", `config ${path}: ${where} needs "url" for a ${transport} upstream`);
+    return {
+      name: u.name,
+      transport,
+      ...(u.command ? { command: u.command, args: u.args ?? [] } : {}),
+      ...(u.env ? { env: u.env } : {}),
+      ...(u.cwd ? { cwd: rel(u.cwd) } : {}),
+      ...(u.url ? { url: u.url } : {}),
+      ...(u.headers ? { headers: u.headers } : {}),
+      ...(u.connect_timeout_ms ? { connectTimeoutMs: u.connect_timeout_ms } : {}),
+      ...(u.call_timeout_ms ? { callTimeoutMs: u.call_timeout_ms } : {}),
+      ...(u.max_response_bytes ? { maxResponseBytes: u.max_response_bytes } : {}),
+      ...(u.stateless !== undefined ? { stateless: u.stateless } : {}),
+      ...(u.roots ? { roots: u.roots } : {}),
+    };
+  });
+  const listen = parseListen((v.listen as string | undefined) ?? "127.0.0.1:8765");
+  const tls = v.tls as { cert_file: string; key_file: string } | undefined;
+  const agents = ((v.agents as GatewayConfig["agents"] | undefined) ?? []).map((a) => ({ ...a, workflows: a.workflows ?? [] }));
+  const config: GatewayConfig = {
+    listen,
+    data_dir: rel((v.data_dir as string | undefined) ?? ".cmcp-data"),
+    mode: (v.mode as EnforcementMode | undefined) ?? "enforcing",
+    policy: v.policy ? rel(v.policy as string) : null,
+    log: { origin: defaultOrigin(), ...(v.log as object | undefined) },
+    checkpoint: { every_receipts: 1000, every_seconds: 60, ...(v.checkpoint as object | undefined) },
+    drain_timeout_seconds: (v.drain_timeout_seconds as number | undefined) ?? 10,
+    collision: (v.collision as GatewayConfig["collision"] | undefined) ?? "refuse",
+    tls: tls ? { cert_file: rel(tls.cert_file), key_file: rel(tls.key_file) } : null,
+    agents,
+    upstreams,
+    limits: { ...LIMIT_DEFAULTS, ...(v.limits as object | undefined) },
+    runtime: { user: "cmcp-runtime", ...(v.runtime as object | undefined) },
+    dev: false,
   };
+  checkExposure(config, path);
+  return config;
+}
+
+function parseListen(text: string): { host: string; port: number } {
+  const i = text.lastIndexOf(":");
+  const host = text.slice(0, i).replace(/^\[(.*)\]$/, "$1");
+  const port = Number(text.slice(i + 1));
+  if (!Number.isInteger(port) || port > 65535) throw new CmcpError("config.invalid", `listen port in "${text}" is not a port`);
+  return { host, port };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** A gateway reachable from other hosts needs both agent authentication and TLS, or it does not start. */
+function checkExposure(config: GatewayConfig, path: string): void {
+  if (isLoopback(config.listen.host)) return;
+  const missing = [config.agents.length === 0 ? "agents (bearer tokens)" : "", config.tls ? "" : "tls"].filter(Boolean);
+  if (missing.length > 0) {
+    throw new CmcpError(
+      "config.exposed",
+      `config ${path}: listen address ${config.listen.host} is not loopback, so ${missing.join(" and ")} must be configured`,
+    );
+  }
 }

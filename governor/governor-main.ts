@@ -1,16 +1,42 @@
 /**
- * `cmcp start`: the governor process. This issue's governor holds the epoch
- * key and the receipt chain; the runtime it will spawn and supervise (the MCP
- * endpoint) arrives with the two-process gateway.
+ * `cmcp start`: the governor process. It creates the epoch key in memory,
+ * opens the receipt chain, spawns the keyless runtime that serves MCP, and
+ * on SIGTERM or SIGINT drains and writes a final checkpoint.
  */
-import { resolve } from "node:path";
-import { generateSigner } from "../artifacts/keys.js";
-import { loadConfig } from "./config.js";
-import { ReceiptChain } from "./receipt-chain.js";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { isCmcpError } from "../artifacts/errors.js";
+import { devConfig, loadConfig, type GatewayConfig } from "./config.js";
+import { Gateway } from "./gateway.js";
+import { ensureRuntimeUser, prepareStateDir } from "./runtime-user.js";
 
 export interface StartOptions {
   config?: string;
   dataDir?: string;
+  listen?: string;
+}
+
+async function resolveConfig(options: StartOptions): Promise<GatewayConfig> {
+  let config: GatewayConfig;
+  if (options.config) config = await loadConfig(options.config);
+  else {
+    // Dev mode: server-filesystem gets a fresh sandbox the runtime user owns, never the operator's files.
+    const sandbox = await mkdtemp(join(tmpdir(), "cmcp-dev-sandbox-"));
+    config = devConfig(sandbox);
+    await prepareStateDir(sandbox, ensureRuntimeUser(config.runtime.user));
+  }
+  if (options.dataDir) config.data_dir = resolve(options.dataDir);
+  else config.data_dir = resolve(config.data_dir);
+  if (options.listen) {
+    const i = options.listen.lastIndexOf(":");
+    config.listen = { host: options.listen.slice(0, i) || "127.0.0.1", port: Number(options.listen.slice(i + 1)) };
+  }
+  return config;
+}
+
+function clientSnippet(url: string): string {
+  return JSON.stringify({ mcpServers: { cmcp: { type: "http", url } } }, null, 2);
 }
 
 export async function runGovernor(options: StartOptions): Promise<number> {
@@ -18,44 +44,40 @@ export async function runGovernor(options: StartOptions): Promise<number> {
   // Signals are handled from the first moment: a SIGTERM during start-up still ends with a final checkpoint.
   let stopSignal: string | undefined;
   let wake: () => void = () => undefined;
-  const stopped = new Promise<void>((resolve) => (wake = resolve));
+  const stopped = new Promise<void>((r) => (wake = r));
   const onSignal = (signal: string) => {
     stopSignal ??= signal;
     wake();
   };
   process.once("SIGTERM", () => onSignal("SIGTERM"));
   process.once("SIGINT", () => onSignal("SIGINT"));
-  // Until the runtime exists nothing else holds the event loop open; keep it until a signal.
   const keepAlive = setInterval(() => undefined, 1 << 30);
   try {
-    const config = await loadConfig(options.config);
-    const dataDir = resolve(options.dataDir ?? config.dataDir);
-    const signer = generateSigner();
-    const chain = await ReceiptChain.open({
-      dataDir,
-      origin: config.log.origin,
-      signer,
-      provider: "software",
-      checkpointEveryReceipts: config.checkpoint.everyReceipts,
-      checkpointEverySeconds: config.checkpoint.everySeconds,
-      onEvent: (e) => {
-        if (e.kind === "recovered") log(`recovered a torn chain tail: ${JSON.stringify(e.detail)}`);
-        else if (e.kind === "checkpoint") log(`checkpoint size ${e.size} root ${e.rootHash}`);
-        else if (e.kind === "checkpoint-failed") log(`checkpoint failed: ${e.error}`);
-        else if (e.kind === "failed") log(`FAIL CLOSED: ${e.error}`);
-      },
-    });
-    log(`epoch ${chain.epoch} started, key ${signer.keyId}`);
-    log(
-      `provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`,
-    );
-    log(`data dir ${dataDir}, log origin "${chain.origin}", ${chain.size} receipts`);
-    log(`no MCP endpoint yet: the runtime arrives with the two-process gateway; SIGTERM or Ctrl-C stops`);
+    const config = await resolveConfig(options);
+    const gateway = await Gateway.start({ config, log });
+    const s = gateway.status();
+    log(`epoch ${s.epoch} started, key ${s.key_id}`);
+    log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
+    log(`mode: ${config.mode}${config.dev ? " (DEV MODE: embedded default, loopback only, no agent authentication)" : ""}`);
+    log(`runtime runs as ${s.runtime.user}; evidence in ${config.data_dir}`);
+    const url = await Promise.race([gateway.endpoint(), stopped.then(() => null)]);
+    if (url) {
+      log(`MCP endpoint (Streamable HTTP): ${url}`);
+      log(`legacy HTTP+SSE endpoint: ${url.replace(/\/mcp$/, "/sse")}`);
+      log(`client config:\n${clientSnippet(url)}`);
+      log(`export evidence: cmcp export --data-dir ${config.data_dir} --out bundle.json (after stopping), verify: cmcp verify bundle.json --key ${s.key_id}`);
+      log(`SIGTERM or Ctrl-C stops`);
+    }
     await stopped;
-    log(`${stopSignal}: writing final checkpoint`);
-    await chain.close();
-    const cp = chain.lastCheckpoint;
-    log(`stopped at ${chain.durableSize} receipts${cp ? `, last checkpoint size ${cp.size}` : ""}`);
+    log(`${stopSignal}: draining (up to ${config.drain_timeout_seconds} s), then the final checkpoint`);
+    try {
+      await gateway.stop();
+    } catch (err) {
+      log(`stopped FAILED CLOSED: ${isCmcpError(err) ? err.message : String(err)}`);
+      return 1;
+    }
+    const cp = gateway.chain.lastCheckpoint;
+    log(`stopped at ${gateway.chain.durableSize} receipts${cp ? `, last checkpoint size ${cp.size}` : ""}`);
     return 0;
   } finally {
     clearInterval(keepAlive);

@@ -126,6 +126,8 @@ export class ReceiptChain {
   #timer: NodeJS.Timeout | undefined;
   #failure: CmcpError | undefined;
   #closed = false;
+  #closing = false;
+  #closePromise: Promise<void> | null = null;
   #lastTs = "";
   #unlock: () => Promise<void> = async () => undefined;
 
@@ -177,8 +179,22 @@ export class ReceiptChain {
     }
     if (store.recovery.truncated) options.onEvent?.({ kind: "recovered", detail: store.recovery });
     try {
-      const replay = await replayChain(store);
-      const lastCheckpoint = await latestCheckpoint(options.dataDir, store.durableSize);
+      const notes = await listCheckpoints(options.dataDir, Number.MAX_SAFE_INTEGER);
+      const lastCheckpoint = notes[notes.length - 1] ?? null;
+      // A signed note proves its receipts were durable: if the store lost any, refuse rather than fork.
+      if (lastCheckpoint && lastCheckpoint.size > store.durableSize) {
+        throw new CmcpError(
+          "chain.corrupt",
+          `checkpoint of size ${lastCheckpoint.size} exists but the store holds only ${store.durableSize} receipts; acknowledged receipts are missing, refusing to start`,
+        );
+      }
+      const replay = await replayChain(store, lastCheckpoint?.size);
+      if (lastCheckpoint && replay.rootAtCheckpoint !== lastCheckpoint.rootHash) {
+        throw new CmcpError(
+          "chain.corrupt",
+          `stored receipts do not match the signed checkpoint of size ${lastCheckpoint.size}; refusing to extend the chain`,
+        );
+      }
       const chain = new ReceiptChain(options, store, replay.acc, replay.prev, lastCheckpoint);
       chain.#unlock = unlock;
       await chain.#startEpoch(replay);
@@ -222,7 +238,10 @@ export class ReceiptChain {
 
   #append(fields: Pick<Receipt, "type" | "subject" | "policy"> & Partial<Receipt>): Promise<AppendedReceipt> {
     if (this.#failure) return Promise.reject(this.#failure);
-    if (this.#closed) return Promise.reject(new CmcpError("chain.closed", "the receipt chain is closed"));
+    // While closing, only the final checkpoint's own receipt may still be written.
+    if (this.#closed || (this.#closing && fields.type !== "checkpoint")) {
+      return Promise.reject(new CmcpError("chain.closed", "the receipt chain is closed"));
+    }
     const seq = this.#acc.size;
     // Timestamps never go backwards within an epoch, even if the wall clock does.
     let ts = utcTimestamp(this.#now());
@@ -316,9 +335,12 @@ export class ReceiptChain {
   }
 
   #backgroundCheckpoint(): void {
-    this.checkpoint().catch((err: unknown) =>
-      this.#onEvent({ kind: "checkpoint-failed", error: String((err as Error).message ?? err) }),
-    );
+    if (this.#closing) return;
+    this.checkpoint().catch((err: unknown) => {
+      this.#onEvent({ kind: "checkpoint-failed", error: String((err as Error).message ?? err) });
+      // Receipts that no checkpoint can cover are evidence nobody can check: stop taking decisions.
+      this.#fail(err);
+    });
   }
 
   /**
@@ -351,7 +373,11 @@ export class ReceiptChain {
       const note = signCheckpoint({ origin: this.origin, size, rootHash: root }, [
         { name: this.origin, signer: this.signer },
       ]);
-      await writeFileDurable(join(this.dataDir, CHECKPOINT_DIR, checkpointFileName(size)), utf8(note));
+      await writeFileDurable(join(this.dataDir, CHECKPOINT_DIR, checkpointFileName(size)), utf8(note)).catch(
+        (err: unknown) => {
+          throw this.#fail(err);
+        },
+      );
       const stored = { size, rootHash: toHex(root), note };
       this.#lastCheckpoint = stored;
       const data: CheckpointData = { origin: this.origin, size, root_hash: stored.rootHash };
@@ -416,17 +442,26 @@ export class ReceiptChain {
     return claim;
   }
 
-  /** Final checkpoint, then close the store. Safe to call twice. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    clearInterval(this.#timer);
-    try {
-      if (!this.#failure) await this.checkpoint();
-    } finally {
-      this.#closed = true;
-      await this.#store.close();
-      await this.#unlock();
-    }
+  /**
+   * Stops taking receipts, waits for those in flight, writes a final
+   * checkpoint over all of them, then closes the store. Concurrent and
+   * repeated calls share one close. Rejects if the chain had failed.
+   */
+  close(): Promise<void> {
+    this.#closePromise ??= (async () => {
+      this.#closing = true;
+      clearInterval(this.#timer);
+      try {
+        await this.#lastDurable.catch(() => undefined);
+        if (!this.#failure) await this.checkpoint();
+      } finally {
+        this.#closed = true;
+        await this.#store.close();
+        await this.#unlock();
+      }
+      if (this.#failure) throw this.#failure;
+    })();
+    return this.#closePromise;
   }
 }
 
@@ -447,14 +482,16 @@ interface Replay {
   prev: string | null;
   last: { seq: number; epoch: number; kid: string } | null;
   lastCheckpointReceipt: { size: number; root_hash: string } | null;
+  rootAtCheckpoint: string | null;
 }
 
 /** Re-reads the durable chain: rebuilds the Merkle state and checks linkage, so a damaged chain is never extended. */
-async function replayChain(store: ChainStore): Promise<Replay> {
+async function replayChain(store: ChainStore, checkpointSize?: number): Promise<Replay> {
   const acc = new MerkleAccumulator();
   let prev: string | null = null;
   let last: Replay["last"] = null;
   let lastCheckpointReceipt: Replay["lastCheckpointReceipt"] = null;
+  let rootAtCheckpoint: string | null = null;
   for await (const { seq, entry } of store.entries()) {
     let r: Receipt;
     try {
@@ -476,10 +513,11 @@ async function replayChain(store: ChainStore): Promise<Replay> {
       lastCheckpointReceipt = { size: d.size, root_hash: d.root_hash };
     }
     acc.append(leafHash(entry));
+    if (acc.size === checkpointSize) rootAtCheckpoint = toHex(acc.root());
     prev = sha256Hex(entry);
     last = { seq, epoch: r.epoch, kid: r.kid };
   }
-  return { acc, prev, last, lastCheckpointReceipt };
+  return { acc, prev, last, lastCheckpointReceipt, rootAtCheckpoint };
 }
 
 async function bindOrigin(dataDir: string, origin: string): Promise<void> {
@@ -528,11 +566,6 @@ export async function listCheckpoints(dataDir: string, maxSize: number): Promise
     out.push({ size, rootHash: Buffer.from(rootLine, "base64").toString("hex"), note });
   }
   return out;
-}
-
-async function latestCheckpoint(dataDir: string, maxSize: number): Promise<StoredCheckpoint | null> {
-  const all = await listCheckpoints(dataDir, maxSize);
-  return all[all.length - 1] ?? null;
 }
 
 export async function listClaims(dataDir: string): Promise<TraceClaim[]> {

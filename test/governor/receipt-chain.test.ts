@@ -264,3 +264,57 @@ describe("ReceiptChain refuses receipts the verifier could not read", () => {
     expect((await verifyBundleFile(out, { trustedKeys: [chain.signer.keyId] })).ok).toBe(true);
   });
 });
+
+describe("ReceiptChain review findings stay fixed", () => {
+  it("close is shared by concurrent callers, refuses appends meanwhile, and its checkpoint covers every acknowledged receipt", async () => {
+    const chain = await open();
+    const acked = [chain.append(decision("s", "a", "allow")), chain.append(decision("s", "b", "allow"))];
+    const closes = [chain.close(), chain.close()];
+    await expect(chain.append(decision("s", "late", "allow"))).rejects.toMatchObject({
+      code: "chain.closed",
+    });
+    await Promise.all(closes);
+    const seqs = (await Promise.all(acked)).map((r) => r.seq);
+    expect(chain.lastCheckpoint!.size).toBeGreaterThan(Math.max(...seqs));
+  });
+
+  it("a checkpoint that cannot be written fails the chain closed", async () => {
+    const { rm: remove, writeFile: write } = await import("node:fs/promises");
+    const chain = await open({ checkpointEveryReceipts: 3 });
+    await remove(join(dir, "data", "checkpoints"), { recursive: true });
+    await write(join(dir, "data", "checkpoints"), "not a directory");
+    let failure: unknown;
+    for (let i = 0; i < 20 && !failure; i++) {
+      try {
+        await chain.append(decision("s", "echo", "allow"));
+        await new Promise((r) => setTimeout(r, 5));
+      } catch (err) {
+        failure = err;
+      }
+    }
+    expect(failure).toMatchObject({ code: "chain.failed" });
+    expect(chain.failed).toBeDefined();
+    await expect(chain.close()).rejects.toMatchObject({ code: "chain.failed" });
+  });
+
+  it("refuses to start when a signed checkpoint covers receipts the store no longer has, or disagrees with them", async () => {
+    const { readdir: list, writeFile: write, readFile: read } = await import("node:fs/promises");
+    const chain = await open();
+    for (let i = 0; i < 4; i++) await chain.append(decision("s", "echo", "allow"));
+    await chain.close();
+    const cpDir = join(dir, "data", "checkpoints");
+    const names = (await list(cpDir)).sort();
+    const last = names[names.length - 1]!;
+    const note = await read(join(cpDir, last), "utf8");
+    // A note claiming more receipts than the store holds.
+    await write(join(cpDir, `${String(999).padStart(20, "0")}.note`), note);
+    await expect(open()).rejects.toMatchObject({ code: "chain.corrupt" });
+    const { unlink } = await import("node:fs/promises");
+    await unlink(join(cpDir, `${String(999).padStart(20, "0")}.note`));
+    // A note whose root differs from the stored receipts at its size.
+    const lines = note.split("\n");
+    lines[2] = Buffer.alloc(32, 7).toString("base64");
+    await write(join(cpDir, last), lines.join("\n"));
+    await expect(open()).rejects.toMatchObject({ code: "chain.corrupt" });
+  });
+});

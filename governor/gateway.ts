@@ -1,0 +1,308 @@
+/**
+ * The governor's side of the gateway: it holds the epoch key and the receipt
+ * chain, decides every request the runtime would forward, records every
+ * response the runtime would relay, and supervises the runtime. It never
+ * sees HTTP, SSE or JSON-RPC framing: only the boundary table's bodies.
+ */
+import { chmod, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CmcpError, isCmcpError } from "../artifacts/errors.js";
+import { generateSigner, type Signer } from "../artifacts/keys.js";
+import { payloadHash } from "../artifacts/receipt.js";
+import type { Bodies, Handlers, RuntimeConfig } from "./boundary.js";
+import type { GatewayConfig } from "./config.js";
+import { FixedPolicy, type Decider } from "./fixed-policy.js";
+import { ReceiptChain } from "./receipt-chain.js";
+import { RuntimeSupervisor } from "./runtime-supervisor.js";
+import { ensureRuntimeUser, prepareStateDir, type RuntimeIdentity } from "./runtime-user.js";
+
+export interface GatewayOptions {
+  config: GatewayConfig;
+  /** The epoch key; created here in memory when not given (tests pass a known one). */
+  signer?: Signer;
+  log?: (line: string) => void;
+}
+
+export interface GatewayStatus {
+  epoch: number;
+  key_id: string;
+  provider: string;
+  mode: GatewayConfig["mode"];
+  data_dir: string;
+  endpoint: string | null;
+  runtime: { pid: number | null; user: string; restarts: number };
+  receipts: { appended: number; durable: number; last_checkpoint: number | null };
+  sessions: number;
+  failed: string | null;
+  draining: boolean;
+  upstreams: Record<string, { tools: number; resources: number; prompts: number; last_event: string | null }>;
+}
+
+export class Gateway {
+  readonly config: GatewayConfig;
+  readonly chain: ReceiptChain;
+  readonly decider: Decider;
+  readonly identity: RuntimeIdentity | null;
+  readonly #supervisor: RuntimeSupervisor;
+  readonly #log: (line: string) => void;
+  readonly #sessions = new Map<string, { agent: string }>();
+  readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
+  #endpoint: string | null = null;
+  #endpointWaiters: ((url: string) => void)[] = [];
+  #draining = false;
+  #inflight = 0;
+  #idle: (() => void) | null = null;
+
+  private constructor(
+    config: GatewayConfig,
+    chain: ReceiptChain,
+    decider: Decider,
+    identity: RuntimeIdentity | null,
+    log: (line: string) => void,
+  ) {
+    this.config = config;
+    this.chain = chain;
+    this.decider = decider;
+    this.identity = identity;
+    this.#log = log;
+    this.#supervisor = new RuntimeSupervisor({
+      identity,
+      stateDir: join(config.data_dir, "runtime"),
+      handlers: this.#handlers(),
+      log,
+      onViolation: (reason, code, pid) => {
+        log(`runtime pid ${pid} broke the boundary (${code}): ${reason}; terminated`);
+        this.#record("enforcement", { action: "runtime_terminated", reason: reason.slice(0, 2000), code, pid: pid ?? null });
+      },
+      onExit: ({ pid, code, signal, restartIn }) => {
+        this.#endpoint = null;
+        this.#sessions.clear();
+        if (restartIn === null) return;
+        log(`runtime pid ${pid} exited (code ${code}, signal ${signal}); restarting in ${restartIn} ms`);
+        this.#record("enforcement", { action: "runtime_restarted", pid: pid ?? null, code, signal, restart_in_ms: restartIn });
+      },
+    });
+  }
+
+  static async start(options: GatewayOptions): Promise<Gateway> {
+    const { config } = options;
+    const log = options.log ?? (() => undefined);
+    const decider = await FixedPolicy.load(config.policy);
+    const identity = ensureRuntimeUser(config.runtime.user);
+    const signer = options.signer ?? generateSigner();
+    const chain = await ReceiptChain.open({
+      dataDir: config.data_dir,
+      origin: config.log.origin,
+      signer,
+      provider: "software",
+      policy: {
+        bundle_hash: decider.bundleHash,
+        catalog_hash: null,
+        enforcement_mode: config.mode,
+        policy_version: decider.version,
+      },
+      checkpointEveryReceipts: config.checkpoint.every_receipts,
+      checkpointEverySeconds: config.checkpoint.every_seconds,
+      onEvent: (e) => {
+        if (e.kind === "recovered") log(`recovered a torn chain tail: ${JSON.stringify(e.detail)}`);
+        else if (e.kind === "checkpoint-failed") log(`checkpoint failed: ${e.error}`);
+        else if (e.kind === "failed") log(`FAIL CLOSED: ${e.error}`);
+      },
+    });
+    try {
+      // The runtime may traverse the data directory to reach its own state, and read nothing else in it.
+      if (identity) await chmod(config.data_dir, 0o711);
+      await prepareStateDir(join(config.data_dir, "runtime"), identity);
+      const gateway = new Gateway(config, chain, decider, identity, log);
+      gateway.#supervisor.start();
+      return gateway;
+    } catch (err) {
+      await chain.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Resolves with the agent-facing URL once the runtime listens. */
+  endpoint(): Promise<string> {
+    if (this.#endpoint) return Promise.resolve(this.#endpoint);
+    return new Promise((resolve) => this.#endpointWaiters.push(resolve));
+  }
+
+  get runtimePid(): number | undefined {
+    return this.#supervisor.pid;
+  }
+
+  status(): GatewayStatus {
+    const cp = this.chain.lastCheckpoint;
+    return {
+      epoch: this.chain.epoch,
+      key_id: this.chain.signer.keyId,
+      provider: this.chain.provider,
+      mode: this.config.mode,
+      data_dir: this.config.data_dir,
+      endpoint: this.#endpoint,
+      runtime: {
+        pid: this.#supervisor.pid ?? null,
+        user: this.identity?.name ?? `(same as governor: not root)`,
+        restarts: this.#supervisor.restarts,
+      },
+      receipts: { appended: this.chain.size, durable: this.chain.durableSize, last_checkpoint: cp?.size ?? null },
+      sessions: this.#sessions.size,
+      failed: this.chain.failed?.message ?? null,
+      draining: this.#draining,
+      upstreams: Object.fromEntries(this.#upstreams),
+    };
+  }
+
+  /** Drain: the runtime stops accepting, in-flight calls finish up to the deadline, then a final checkpoint. */
+  async stop(): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    const deadline = this.config.drain_timeout_seconds * 1000;
+    await this.#supervisor.stop(deadline);
+    if (this.#inflight > 0) {
+      await Promise.race([
+        new Promise<void>((r) => (this.#idle = r)),
+        new Promise<void>((r) => setTimeout(r, 1000).unref()),
+      ]);
+    }
+    await this.chain.close();
+  }
+
+  #record(type: "enforcement", data: Record<string, unknown>): void {
+    this.chain.append({ type, subject: {}, data }).catch((err: unknown) => {
+      this.#log(`could not record ${type}: ${(err as Error).message}`);
+    });
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#inflight++;
+    return p.finally(() => {
+      if (--this.#inflight === 0) this.#idle?.();
+    });
+  }
+
+  #runtimeConfig = async (): Promise<RuntimeConfig> => {
+    const c = this.config;
+    const tls = c.tls
+      ? { cert: await readFile(c.tls.cert_file, "utf8"), key: await readFile(c.tls.key_file, "utf8") }
+      : undefined;
+    return {
+      listen: c.listen,
+      ...(tls ? { tls } : {}),
+      agents: c.agents,
+      upstreams: c.upstreams,
+      collision: c.collision,
+      limits: {
+        maxBodyBytes: c.limits.max_body_bytes,
+        governorTimeoutMs: c.limits.governor_timeout_ms,
+        maxSessions: c.limits.max_sessions,
+        sessionIdleMs: c.limits.session_idle_seconds * 1000,
+      },
+      dev: c.dev,
+    };
+  };
+
+  #handlers(): Handlers {
+    return {
+      hello: async () => ({ config: await this.#runtimeConfig() }),
+      listening: async ({ url }) => {
+        this.#endpoint = url;
+        for (const w of this.#endpointWaiters.splice(0)) w(url);
+        return { ok: true };
+      },
+      session_opened: async ({ session, agent }) => {
+        if (this.#draining) return { accept: false, reason: "gateway is shutting down" };
+        if (this.chain.failed) return { accept: false, reason: "evidence chain has failed; refusing all calls" };
+        this.#sessions.set(session, { agent });
+        return { accept: true };
+      },
+      session_closed: async ({ session }) => {
+        this.#sessions.delete(session);
+        return { ok: true };
+      },
+      decide: (req) => this.#track(this.#decide(req)),
+      inspect: (req) => this.#track(this.#inspect(req)),
+      catalog_observed: async (req) => {
+        const prev = this.#upstreams.get(req.server);
+        this.#upstreams.set(req.server, {
+          tools: req.tools.length,
+          resources: req.resources.length,
+          prompts: req.prompts.length,
+          last_event: prev?.last_event ?? null,
+        });
+        return { ok: true };
+      },
+      upstream_event: async (req) => {
+        const entry = this.#upstreams.get(req.server) ?? { tools: 0, resources: 0, prompts: 0, last_event: null };
+        entry.last_event = `${req.event}${req.detail ? `: ${req.detail}` : ""}`.slice(0, 300);
+        this.#upstreams.set(req.server, entry);
+        if (req.event !== "connected") this.#log(`upstream ${req.server}: ${entry.last_event}`);
+        return { ok: true };
+      },
+    };
+  }
+
+  async #decide(req: Bodies["decide"]["req"]): Promise<Bodies["decide"]["rep"]> {
+    const session = this.#sessions.get(req.session);
+    // The agent identity is the one the runtime authenticated when the session opened, not what a later frame says.
+    if (!session || session.agent !== req.agent) {
+      throw new CmcpError("governor.unknown-session", `session ${req.session.slice(0, 64)} was not opened by agent ${req.agent.slice(0, 64)}`);
+    }
+    const decision = this.decider.decide(req);
+    let argumentsHash: string;
+    try {
+      argumentsHash = payloadHash(req.params ?? null);
+    } catch (err) {
+      throw new CmcpError("governor.bad-params", `parameters cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`);
+    }
+    const appended = await this.chain.append({
+      type: "decision",
+      subject: {
+        session: req.session,
+        agent: req.agent,
+        server: req.server,
+        method: req.method,
+        request_id: req.request_id,
+        ...(req.tool !== undefined ? { tool: req.tool } : {}),
+        ...(req.resource !== undefined ? { resource: req.resource } : {}),
+        ...(req.prompt !== undefined ? { prompt: req.prompt } : {}),
+      },
+      decision,
+      hashes: { arguments: argumentsHash },
+    });
+    const blocks = decision.outcome === "deny" || decision.outcome === "require_approval";
+    return {
+      allow: !blocks || this.config.mode !== "enforcing",
+      outcome: decision.outcome,
+      reasons: decision.reasons,
+      seq: appended.seq,
+    };
+  }
+
+  async #inspect(req: Bodies["inspect"]["req"]): Promise<Bodies["inspect"]["rep"]> {
+    if (!this.#sessions.has(req.session)) {
+      throw new CmcpError("governor.unknown-session", `session ${req.session.slice(0, 64)} is not open`);
+    }
+    let responseHash: string;
+    try {
+      responseHash = payloadHash(req.payload ?? null);
+    } catch (err) {
+      throw new CmcpError("governor.bad-payload", `payload cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`);
+    }
+    const appended = await this.chain.append({
+      type: "response_inspection",
+      subject: {
+        session: req.session,
+        agent: this.#sessions.get(req.session)!.agent,
+        server: req.server,
+        method: req.method,
+        ...(req.request_id !== undefined ? { request_id: req.request_id } : {}),
+      },
+      hashes: { response: responseHash },
+      data: { kind: req.kind, action: "pass" },
+    });
+    // Inspection is a pass-through until the data-inspection issue lands; every payload is still hashed and recorded.
+    return { action: "pass", seq: appended.seq };
+  }
+}

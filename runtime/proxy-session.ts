@@ -1,0 +1,477 @@
+/**
+ * One agent session: an MCP server facing the agent, and one MCP client per
+ * upstream (per session, so a server-to-client request such as sampling
+ * always reaches the agent whose call caused it). Every request forwarded to
+ * an upstream is decided by the governor first, and every payload that comes
+ * back goes through the governor's inspection before the agent sees it.
+ */
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
+import {
+  CallToolRequestSchema,
+  CompleteRequestSchema,
+  GetPromptRequestSchema,
+  ListPromptsRequestSchema,
+  ListResourcesRequestSchema,
+  ListResourceTemplatesRequestSchema,
+  ListToolsRequestSchema,
+  ReadResourceRequestSchema,
+  ResultSchema,
+  SetLevelRequestSchema,
+  SubscribeRequestSchema,
+  UnsubscribeRequestSchema,
+  type ClientCapabilities,
+  type RequestId,
+  type ServerNotification,
+} from "@modelcontextprotocol/sdk/types.js";
+import type { GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
+import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
+import { UpstreamConnection } from "./upstream-connector.js";
+
+type Json = Record<string, unknown>;
+type Extra = {
+  signal: AbortSignal;
+  requestId: RequestId;
+  _meta?: { progressToken?: string | number };
+  sendNotification: (n: ServerNotification) => Promise<void>;
+};
+
+export interface SessionContext {
+  id: string;
+  agent: string;
+  transport: "streamable-http" | "sse" | "stdio";
+  config: RuntimeConfig;
+  gov: GovernorClient;
+  log: (line: string) => void;
+  version: string;
+}
+
+/** Pages fetched per upstream list call before the listing is treated as hostile. */
+const MAX_LIST_PAGES = 100;
+
+interface Binding {
+  server: string;
+  name: string;
+}
+
+export class ProxySession {
+  readonly id: string;
+  readonly agent: string;
+  readonly server: Server;
+  readonly #ctx: SessionContext;
+  readonly #specs: Map<string, UpstreamSpec>;
+  readonly #upstreams = new Map<string, Promise<UpstreamConnection>>();
+  /** Agent request ids in flight per upstream, newest last: where a server-to-client request is related. */
+  readonly #inflight = new Map<string, RequestId[]>();
+  #opened: Promise<void> | null = null;
+  #tools: Map<string, Binding> | null = null;
+  #prompts: Map<string, Binding> | null = null;
+  #resources: Map<string, string> | null = null;
+  #templates: { server: string; template: UriTemplate }[] | null = null;
+  #closed = false;
+  onClosed: () => void = () => undefined;
+
+  constructor(ctx: SessionContext) {
+    this.#ctx = ctx;
+    this.id = ctx.id;
+    this.agent = ctx.agent;
+    this.#specs = new Map(ctx.config.upstreams.map((u) => [u.name, u]));
+    this.server = new Server(
+      { name: "cmcp", version: ctx.version },
+      {
+        capabilities: {
+          tools: { listChanged: true },
+          resources: { subscribe: true, listChanged: true },
+          prompts: { listChanged: true },
+          logging: {},
+          completions: {},
+        },
+        instructions:
+          "cmcp gateway: every call is decided by policy and recorded as a signed receipt before it reaches a tool server.",
+      },
+    );
+    this.#registerHandlers();
+    this.server.oninitialized = () => void this.#open().catch(() => undefined);
+    this.server.onclose = () => void this.close("agent transport closed");
+  }
+
+  connect(transport: Transport): Promise<void> {
+    return this.server.connect(transport);
+  }
+
+  /** Registers the session with the governor once; every handler waits for it. */
+  #open(): Promise<void> {
+    this.#opened ??= (async () => {
+      const client = this.server.getClientVersion();
+      const reply = await this.#ctx.gov.sessionOpened({
+        session: this.id,
+        agent: this.agent,
+        transport: this.#ctx.transport,
+        ...(client?.name ? { client_name: client.name.slice(0, 1024) } : {}),
+        ...(client?.version ? { client_version: client.version.slice(0, 1024) } : {}),
+      });
+      if (!reply.accept) throw rpcError(RpcCode.sessionRefused, `session refused: ${reply.reason ?? "by the governor"}`);
+    })();
+    return this.#opened;
+  }
+
+  #capabilitiesFor(spec: UpstreamSpec): ClientCapabilities {
+    const agent = this.server.getClientCapabilities() ?? {};
+    return {
+      ...(agent.sampling ? { sampling: agent.sampling } : {}),
+      ...(agent.elicitation ? { elicitation: agent.elicitation } : {}),
+      // Roots are governed: an upstream sees the roots the operator configured for it, never the agent's.
+      ...(spec.roots ? { roots: { listChanged: false } } : {}),
+    };
+  }
+
+  #upstream(name: string): Promise<UpstreamConnection> {
+    const spec = this.#specs.get(name);
+    if (!spec) return Promise.reject(rpcError(RpcCode.unknownTarget, `no upstream named ${name}`));
+    let conn = this.#upstreams.get(name);
+    if (!conn) {
+      conn = UpstreamConnection.connect(spec, {
+        clientInfo: { name: "cmcp", version: this.#ctx.version },
+        capabilities: this.#capabilitiesFor(spec),
+        handlers: {
+          onRequest: (method, params, extra) => this.#fromUpstream(spec, method, params, extra.signal),
+          onNotification: (method, params) => void this.#upstreamNotification(spec.name, method, params),
+          onClose: (reason) => {
+            this.#upstreams.delete(name);
+            this.#invalidate();
+            void this.#ctx.gov
+              .upstreamEvent({ server: name, session: this.id, event: "disconnected", detail: reason.slice(0, 4000) })
+              .catch(() => undefined);
+          },
+        },
+      });
+      this.#upstreams.set(name, conn);
+      conn.then(
+        (c) =>
+          void this.#ctx.gov
+            .upstreamEvent({
+              server: name,
+              session: this.id,
+              event: "connected",
+              detail: `${c.serverInfo?.name ?? "?"} ${c.serverInfo?.version ?? ""} protocol ${c.protocolVersion ?? "?"}`.slice(0, 4000),
+            })
+            .catch(() => undefined),
+        (err: unknown) => {
+          this.#upstreams.delete(name);
+          void this.#ctx.gov
+            .upstreamEvent({ server: name, session: this.id, event: "error", detail: String((err as Error).message).slice(0, 4000) })
+            .catch(() => undefined);
+        },
+      );
+    }
+    return conn;
+  }
+
+  async #decide(server: string, method: string, params: unknown, requestId: RequestId, target: { tool?: string; resource?: string; prompt?: string }): Promise<void> {
+    await this.#open();
+    const d = await this.#ctx.gov.decide({
+      session: this.id,
+      agent: this.agent,
+      server,
+      method,
+      request_id: String(requestId).slice(0, 1024),
+      ...(target.tool !== undefined ? { tool: target.tool } : {}),
+      ...(target.resource !== undefined ? { resource: target.resource.slice(0, 1024) } : {}),
+      ...(target.prompt !== undefined ? { prompt: target.prompt } : {}),
+      params: params ?? null,
+    });
+    if (!d.allow) {
+      throw rpcError(RpcCode.denied, `denied by policy (${d.outcome}): ${d.reasons.join("; ") || "no reason given"}`, {
+        outcome: d.outcome,
+        receipt: d.seq,
+      });
+    }
+  }
+
+  async #inspect(server: string, method: string, requestId: RequestId | undefined, kind: "result" | "error" | "notification" | "request", payload: unknown): Promise<void> {
+    const r = await this.#ctx.gov.inspect({
+      session: this.id,
+      server,
+      method,
+      ...(requestId !== undefined ? { request_id: String(requestId).slice(0, 1024) } : {}),
+      kind,
+      payload: payload ?? null,
+    });
+    if (r.action === "block") throw rpcError(RpcCode.blocked, `response blocked by inspection: ${r.reason ?? "no reason given"}`);
+  }
+
+  /** Decide, forward, inspect: the one path from an agent request to an upstream and back. */
+  async #forward(server: string, method: string, params: Json, extra: Extra, target: { tool?: string; resource?: string; prompt?: string } = {}): Promise<Json> {
+    try {
+      await this.#decide(server, method, params, extra.requestId, target);
+      const up = await this.#upstream(server);
+      const token = extra._meta?.progressToken;
+      const { _meta, ...rest } = params as Json & { _meta?: Json };
+      const meta = _meta ? Object.fromEntries(Object.entries(_meta).filter(([k]) => k !== "progressToken")) : undefined;
+      const list = this.#inflight.get(server) ?? [];
+      list.push(extra.requestId);
+      this.#inflight.set(server, list);
+      let result: Json;
+      try {
+        result = await up.request(method, meta && Object.keys(meta).length ? { ...rest, _meta: meta } : rest, {
+          signal: extra.signal,
+          ...(token !== undefined
+            ? {
+                onprogress: (p) =>
+                  void extra
+                    .sendNotification({ method: "notifications/progress", params: { progressToken: token, ...p } })
+                    .catch(() => undefined),
+              }
+            : {}),
+        });
+      } catch (err) {
+        const e = toRpcError(err, server);
+        // Upstream errors carry upstream text to the agent too: they pass inspection like results.
+        await this.#inspect(server, method, extra.requestId, "error", { code: e.code, message: e.message, data: e.data ?? null });
+        throw e;
+      } finally {
+        const i = list.indexOf(extra.requestId);
+        if (i >= 0) list.splice(i, 1);
+      }
+      await this.#inspect(server, method, extra.requestId, "result", result);
+      return result;
+    } catch (err) {
+      throw toRpcError(err, server);
+    }
+  }
+
+  /** Lists every page of one upstream's listing, decided and inspected like any request. */
+  async #listAll(server: string, method: string, key: string, extra: Extra): Promise<Json[]> {
+    const out: Json[] = [];
+    let cursor: string | undefined;
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const result = await this.#forward(server, method, cursor ? { cursor } : {}, extra);
+      const items = result[key];
+      if (Array.isArray(items)) out.push(...(items as Json[]));
+      cursor = typeof result.nextCursor === "string" ? result.nextCursor : undefined;
+      if (!cursor) return out;
+    }
+    throw rpcError(RpcCode.upstreamUnavailable, `upstream ${server} returned more than ${MAX_LIST_PAGES} pages of ${key}`);
+  }
+
+  /** Upstreams that advertise a capability, in configuration order (never arrival order). */
+  async #serversWith(capability: "tools" | "resources" | "prompts" | "logging" | "completions"): Promise<string[]> {
+    const names = [...this.#specs.keys()];
+    const conns = await Promise.allSettled(names.map((n) => this.#upstream(n)));
+    return names.filter((_, i) => {
+      const c = conns[i]!;
+      return c.status === "fulfilled" && c.value.serverCapabilities?.[capability] !== undefined;
+    });
+  }
+
+  /**
+   * Aggregates one kind of named item across upstreams. A name offered by one
+   * upstream passes unchanged; a name offered by several is exposed as
+   * `server.name` (collision "prefix") or not at all ("refuse").
+   */
+  async #aggregate(capability: "tools" | "prompts", method: string, key: string, extra: Extra): Promise<{ items: Json[]; bindings: Map<string, Binding> }> {
+    const servers = await this.#serversWith(capability);
+    const lists = await Promise.all(
+      servers.map((s) =>
+        this.#listAll(s, method, key, extra).then(
+          (items) => ({ server: s, items }),
+          (err: unknown) => {
+            this.#ctx.log(`listing ${key} of ${s} failed: ${(err as Error).message}`);
+            return { server: s, items: [] as Json[] };
+          },
+        ),
+      ),
+    );
+    const count = new Map<string, number>();
+    for (const { items } of lists) for (const it of items) count.set(String(it.name), (count.get(String(it.name)) ?? 0) + 1);
+    const bindings = new Map<string, Binding>();
+    const exposed: Json[] = [];
+    for (const { server, items } of lists) {
+      for (const it of items) {
+        const name = String(it.name);
+        if ((count.get(name) ?? 0) > 1) {
+          void this.#ctx.gov
+            .upstreamEvent({ server, session: this.id, event: "collision", detail: `${key.slice(0, -1)} "${name.slice(0, 200)}" is offered by several upstreams (${this.#ctx.config.collision})` })
+            .catch(() => undefined);
+          if (this.#ctx.config.collision === "refuse") continue;
+          const alias = `${server}.${name}`;
+          bindings.set(alias, { server, name });
+          exposed.push({ ...it, name: alias });
+        } else {
+          bindings.set(name, { server, name });
+          exposed.push(it);
+        }
+      }
+      if (key === "tools") {
+        void this.#ctx.gov.catalogObserved({ server, tools: items, resources: [], prompts: [] }).catch(() => undefined);
+      }
+    }
+    return { items: exposed, bindings };
+  }
+
+  async #resourceIndex(extra: Extra): Promise<void> {
+    if (this.#resources && this.#templates) return;
+    const servers = await this.#serversWith("resources");
+    const resources = new Map<string, string>();
+    const templates: { server: string; template: UriTemplate }[] = [];
+    for (const s of servers) {
+      const [rs, ts] = await Promise.all([
+        this.#listAll(s, "resources/list", "resources", extra).catch(() => [] as Json[]),
+        this.#listAll(s, "resources/templates/list", "resourceTemplates", extra).catch(() => [] as Json[]),
+      ]);
+      for (const r of rs) if (typeof r.uri === "string" && !resources.has(r.uri)) resources.set(r.uri, s);
+      for (const t of ts) {
+        if (typeof t.uriTemplate !== "string") continue;
+        try {
+          templates.push({ server: s, template: new UriTemplate(t.uriTemplate) });
+        } catch {
+          this.#ctx.log(`upstream ${s} offers an unparsable resource template`);
+        }
+      }
+    }
+    this.#resources = resources;
+    this.#templates = templates;
+  }
+
+  async #serverForUri(uri: string, extra: Extra): Promise<string> {
+    await this.#resourceIndex(extra);
+    const direct = this.#resources!.get(uri);
+    if (direct) return direct;
+    for (const { server, template } of this.#templates!) if (template.match(uri)) return server;
+    throw rpcError(RpcCode.unknownTarget, `no upstream offers resource ${uri.slice(0, 200)}`);
+  }
+
+  #invalidate(): void {
+    this.#tools = null;
+    this.#prompts = null;
+    this.#resources = null;
+    this.#templates = null;
+  }
+
+  #registerHandlers(): void {
+    const s = this.server;
+    s.setRequestHandler(ListToolsRequestSchema, async (_req, extra) => {
+      const { items, bindings } = await this.#aggregate("tools", "tools/list", "tools", extra as Extra);
+      this.#tools = bindings;
+      return { tools: items } as never;
+    });
+    s.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
+      if (!this.#tools) this.#tools = (await this.#aggregate("tools", "tools/list", "tools", extra as Extra)).bindings;
+      const b = this.#tools.get(req.params.name);
+      if (!b) throw rpcError(RpcCode.unknownTarget, `unknown tool: ${req.params.name.slice(0, 200)}`);
+      return (await this.#forward(b.server, "tools/call", { ...req.params, name: b.name }, extra as Extra, { tool: b.name })) as never;
+    });
+    s.setRequestHandler(ListPromptsRequestSchema, async (_req, extra) => {
+      const { items, bindings } = await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra);
+      this.#prompts = bindings;
+      return { prompts: items } as never;
+    });
+    s.setRequestHandler(GetPromptRequestSchema, async (req, extra) => {
+      if (!this.#prompts) this.#prompts = (await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)).bindings;
+      const b = this.#prompts.get(req.params.name);
+      if (!b) throw rpcError(RpcCode.unknownTarget, `unknown prompt: ${req.params.name.slice(0, 200)}`);
+      return (await this.#forward(b.server, "prompts/get", { ...req.params, name: b.name }, extra as Extra, { prompt: b.name })) as never;
+    });
+    s.setRequestHandler(ListResourcesRequestSchema, async (_req, extra) => {
+      this.#resources = null;
+      await this.#resourceIndex(extra as Extra);
+      const servers = await this.#serversWith("resources");
+      const all: Json[] = [];
+      for (const sv of servers) all.push(...(await this.#listAll(sv, "resources/list", "resources", extra as Extra).catch(() => [])));
+      return { resources: all } as never;
+    });
+    s.setRequestHandler(ListResourceTemplatesRequestSchema, async (_req, extra) => {
+      const servers = await this.#serversWith("resources");
+      const all: Json[] = [];
+      for (const sv of servers) {
+        all.push(...(await this.#listAll(sv, "resources/templates/list", "resourceTemplates", extra as Extra).catch(() => [])));
+      }
+      return { resourceTemplates: all } as never;
+    });
+    s.setRequestHandler(ReadResourceRequestSchema, async (req, extra) => {
+      const server = await this.#serverForUri(req.params.uri, extra as Extra);
+      return (await this.#forward(server, "resources/read", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+    });
+    s.setRequestHandler(SubscribeRequestSchema, async (req, extra) => {
+      const server = await this.#serverForUri(req.params.uri, extra as Extra);
+      return (await this.#forward(server, "resources/subscribe", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+    });
+    s.setRequestHandler(UnsubscribeRequestSchema, async (req, extra) => {
+      const server = await this.#serverForUri(req.params.uri, extra as Extra);
+      return (await this.#forward(server, "resources/unsubscribe", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+    });
+    s.setRequestHandler(CompleteRequestSchema, async (req, extra) => {
+      const ref = req.params.ref as { type: string; name?: string; uri?: string };
+      let server: string;
+      let params = req.params as Json;
+      if (ref.type === "ref/prompt") {
+        if (!this.#prompts) this.#prompts = (await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)).bindings;
+        const b = this.#prompts.get(String(ref.name));
+        if (!b) throw rpcError(RpcCode.unknownTarget, `unknown prompt: ${String(ref.name).slice(0, 200)}`);
+        server = b.server;
+        params = { ...params, ref: { ...ref, name: b.name } };
+      } else {
+        server = await this.#serverForUri(String(ref.uri), extra as Extra);
+      }
+      return (await this.#forward(server, "completion/complete", params, extra as Extra)) as never;
+    });
+    s.setRequestHandler(SetLevelRequestSchema, async (req, extra) => {
+      const servers = await this.#serversWith("logging");
+      await Promise.all(servers.map((sv) => this.#forward(sv, "logging/setLevel", req.params as Json, extra as Extra)));
+      return {} as never;
+    });
+  }
+
+  /** Server-to-client requests from an upstream: roots are answered from configuration, the rest go to this agent. */
+  async #fromUpstream(spec: UpstreamSpec, method: string, params: unknown, signal: AbortSignal): Promise<Json> {
+    if (method === "roots/list") return { roots: spec.roots ?? [] };
+    if (method === "ping") return {};
+    if (method !== "sampling/createMessage" && method !== "elicitation/create") {
+      throw rpcError(-32601, `method ${method} is not relayed by the gateway`);
+    }
+    const inflight = this.#inflight.get(spec.name) ?? [];
+    const related = inflight[inflight.length - 1];
+    // What the upstream asks of the agent is decided like a request, and its content is inspected before the agent sees it.
+    await this.#decide(spec.name, method, params, `upstream:${String(related ?? "none")}`, {});
+    await this.#inspect(spec.name, method, related, "request", params);
+    const result = await this.server.request({ method, params: params as Json } as never, ResultSchema, {
+      signal,
+      ...(related !== undefined ? { relatedRequestId: related } : {}),
+    });
+    return result as Json;
+  }
+
+  async #upstreamNotification(server: string, method: string, params: unknown): Promise<void> {
+    if (this.#closed) return;
+    try {
+      if (method === "notifications/progress") return; // progress for our requests is relayed by the request path
+      if (method.endsWith("/list_changed")) {
+        this.#invalidate();
+        await this.#ctx.gov.upstreamEvent({ server, session: this.id, event: "list_changed", detail: method });
+        await this.server.notification({ method } as never);
+        return;
+      }
+      await this.#inspect(server, method, undefined, "notification", params);
+      await this.server.notification({ method, params } as never);
+    } catch (err) {
+      this.#ctx.log(`notification ${method} from ${server} not relayed: ${(err as Error).message}`);
+    }
+  }
+
+  async close(reason: string): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const conns = [...this.#upstreams.values()];
+    this.#upstreams.clear();
+    await Promise.allSettled(conns.map((p) => p.then((c) => c.close())));
+    if (this.#opened) {
+      await this.#opened.then(
+        () => this.#ctx.gov.sessionClosed({ session: this.id, reason: reason.slice(0, 1024) }).catch(() => undefined),
+        () => undefined,
+      );
+    }
+    await this.server.close().catch(() => undefined);
+    this.onClosed();
+  }
+}
