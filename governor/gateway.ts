@@ -21,6 +21,9 @@ export interface GatewayOptions {
   /** The epoch key; created here in memory when not given (tests pass a known one). */
   signer?: Signer;
   log?: (line: string) => void;
+  /** Test hook: node arguments of a substitute runtime (for example one that forges frames). */
+  runtimeCommand?: string[];
+  backoff?: { initialMs: number; maxMs: number; resetAfterMs: number };
 }
 
 export interface GatewayStatus {
@@ -59,6 +62,7 @@ export class Gateway {
     decider: Decider,
     identity: RuntimeIdentity | null,
     log: (line: string) => void,
+    options: Pick<GatewayOptions, "runtimeCommand" | "backoff">,
   ) {
     this.config = config;
     this.chain = chain;
@@ -70,6 +74,8 @@ export class Gateway {
       stateDir: join(config.data_dir, "runtime"),
       handlers: this.#handlers(),
       log,
+      ...(options.runtimeCommand ? { command: options.runtimeCommand } : {}),
+      ...(options.backoff ? { backoff: options.backoff } : {}),
       onViolation: (reason, code, pid) => {
         log(`runtime pid ${pid} broke the boundary (${code}): ${reason}; terminated`);
         this.#record("enforcement", { action: "runtime_terminated", reason: reason.slice(0, 2000), code, pid: pid ?? null });
@@ -113,7 +119,7 @@ export class Gateway {
       // The runtime may traverse the data directory to reach its own state, and read nothing else in it.
       if (identity) await chmod(config.data_dir, 0o711);
       await prepareStateDir(join(config.data_dir, "runtime"), identity);
-      const gateway = new Gateway(config, chain, decider, identity, log);
+      const gateway = new Gateway(config, chain, decider, identity, log, options);
       gateway.#supervisor.start();
       return gateway;
     } catch (err) {

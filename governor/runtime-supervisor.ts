@@ -21,6 +21,8 @@ export interface SupervisorOptions {
   onExit(info: { pid: number | undefined; code: number | null; signal: string | null; restartIn: number | null }): void;
   log(line: string): void;
   backoff?: { initialMs: number; maxMs: number; resetAfterMs: number };
+  /** Node arguments of the runtime; tests substitute a misbehaving one. */
+  command?: string[];
 }
 
 /** Node arguments that start the runtime, from sources (tests) or from the build. */
@@ -77,7 +79,7 @@ export class RuntimeSupervisor {
 
   #spawn(): void {
     const o = this.#opts;
-    const child = spawn(process.execPath, runtimeCommand(), {
+    const child = spawn(process.execPath, o.command ?? runtimeCommand(), {
       cwd: o.stateDir,
       env: scrubbedEnv(o.stateDir),
       stdio: ["ignore", "inherit", "inherit", "pipe"],

@@ -614,8 +614,8 @@ export class ReconnectingUpstream {
         onClose: (reason) => {
           this.#conn = undefined;
           this.#onEvent({ type: "disconnected", reason });
-          user.onClose(reason);
           void this.#reconnectLoop();
+          user.onClose(reason);
         },
       },
     };

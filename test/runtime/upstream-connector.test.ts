@@ -422,6 +422,33 @@ describe("misbehaving upstreams", () => {
     expect(text(await call(conn, "huge", { bytes: 1_000 }))).toHaveLength(1_000);
   });
 
+  it("sends a message beyond the read buffer: the stream is dropped as disconnected", async () => {
+    const rec = recorder();
+    // The stdio read buffer is sized from maxResponseBytes (2x + 1 MiB).
+    const conn = await connect(rawConfig("normal", { maxResponseBytes: 1024 }), rec);
+    await expectCode(call(conn, "huge", { bytes: 3 * 1024 * 1024 }), "upstream.disconnected");
+    await waitFor(() => rec.closes.length > 0, "onClose");
+    expect(rec.closes[0]).toMatch(/larger than the read buffer/);
+  });
+
+  it("the upstream cancelling its own request aborts onRequest's signal", async () => {
+    let aborted = false;
+    const handlers: UpstreamHandlers = {
+      ...recorder(),
+      // Never answers: only the upstream's notifications/cancelled ends it.
+      onRequest: (_method, _params, { signal }) =>
+        new Promise((_, reject) => {
+          signal.addEventListener("abort", () => {
+            aborted = true;
+            reject(new Error("aborted"));
+          });
+        }),
+    };
+    const conn = await connect(rawConfig(), handlers);
+    expect(text(await call(conn, "sample-then-cancel"))).toBe("cancelled it");
+    await waitFor(() => aborted, "the handler's signal to abort");
+  });
+
   it("prints garbage on stdout between messages: skipped, traffic flows", async () => {
     const rec = recorder();
     const conn = await connect(rawConfig("garbage"), rec);
