@@ -42,7 +42,11 @@ const upstreamSchema = {
     env: { type: "object", maxProperties: 256, additionalProperties: { type: "string", maxLength: 65536 } },
     cwd: optLabel,
     url: { type: "string", maxLength: 4096 },
-    headers: { type: "object", maxProperties: 64, additionalProperties: { type: "string", maxLength: 65536 } },
+    headers: {
+      type: "object",
+      maxProperties: 64,
+      additionalProperties: { type: "string", maxLength: 65536 },
+    },
     connectTimeoutMs: { type: "integer", minimum: 1 },
     callTimeoutMs: { type: "integer", minimum: 1 },
     maxResponseBytes: { type: "integer", minimum: 1 },
@@ -111,7 +115,12 @@ const runtimeConfigSchema = {
   },
 } as const;
 
-const ok = { type: "object", additionalProperties: false, required: ["ok"], properties: { ok: { const: true } } } as const;
+const ok = {
+  type: "object",
+  additionalProperties: false,
+  required: ["ok"],
+  properties: { ok: { const: true } },
+} as const;
 
 /**
  * The table. `dir` says who sends the request; replies flow the other way.
@@ -304,7 +313,9 @@ export const BOUNDARY = {
 } as const;
 
 export type MessageType = keyof typeof BOUNDARY;
-export type RuntimeRequestType = { [K in MessageType]: (typeof BOUNDARY)[K]["dir"] extends "runtime" ? K : never }[MessageType];
+export type RuntimeRequestType = {
+  [K in MessageType]: (typeof BOUNDARY)[K]["dir"] extends "runtime" ? K : never;
+}[MessageType];
 
 // TypeScript views of the bodies (the schemas above are what is enforced).
 export interface UpstreamSpec {
@@ -405,7 +416,9 @@ const validators = Object.fromEntries(
 ) as Record<MessageType, { request: ValidateFunction; reply: ValidateFunction }>;
 
 /** Largest frame any table entry allows: the reader refuses a length prefix above it before buffering. */
-export const MAX_FRAME_BYTES = Math.max(...Object.values(BOUNDARY).flatMap((s) => [s.maxBytes, s.replyMaxBytes]));
+export const MAX_FRAME_BYTES = Math.max(
+  ...Object.values(BOUNDARY).flatMap((s) => [s.maxBytes, s.replyMaxBytes]),
+);
 
 // Frame kinds. A frame is the msgpack array [kind, id, type, body].
 const REQUEST = 0;
@@ -420,7 +433,10 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes:
 function encode(frame: Frame, maxBytes: number): Buffer {
   const body = packr.pack(frame);
   if (body.length > maxBytes) {
-    throw new CmcpError("boundary.too-large", `${frame[2]} frame of ${body.length} bytes exceeds its limit of ${maxBytes}`);
+    throw new CmcpError(
+      "boundary.too-large",
+      `${frame[2]} frame of ${body.length} bytes exceeds its limit of ${maxBytes}`,
+    );
   }
   const out = Buffer.allocUnsafe(4 + body.length);
   out.writeUInt32BE(body.length, 0);
@@ -439,7 +455,8 @@ class FrameReader {
     while (this.#size >= 4) {
       const head = this.#take(4, false);
       const len = head.readUInt32BE(0);
-      if (len > MAX_FRAME_BYTES) throw new CmcpError("boundary.too-large", `frame length ${len} exceeds ${MAX_FRAME_BYTES}`);
+      if (len > MAX_FRAME_BYTES)
+        throw new CmcpError("boundary.too-large", `frame length ${len} exceeds ${MAX_FRAME_BYTES}`);
       if (this.#size < 4 + len) return;
       this.#take(4, true);
       const body = this.#take(len, true);
@@ -525,11 +542,15 @@ export class BoundaryServer {
   }
 
   #onFrame([kind, id, type, body]: Frame, size: number): void {
-    if (kind !== REQUEST) throw new CmcpError("boundary.direction", `the runtime may only send requests, got kind ${kind}`);
-    if (!isMessageType(type)) throw new CmcpError("boundary.unknown-type", `unknown request type "${type.slice(0, 64)}"`);
+    if (kind !== REQUEST)
+      throw new CmcpError("boundary.direction", `the runtime may only send requests, got kind ${kind}`);
+    if (!isMessageType(type))
+      throw new CmcpError("boundary.unknown-type", `unknown request type "${type.slice(0, 64)}"`);
     const spec = BOUNDARY[type];
-    if (spec.dir !== "runtime") throw new CmcpError("boundary.direction", `"${type}" is not a runtime request`);
-    if (size > spec.maxBytes) throw new CmcpError("boundary.too-large", `${type} frame of ${size} bytes exceeds ${spec.maxBytes}`);
+    if (spec.dir !== "runtime")
+      throw new CmcpError("boundary.direction", `"${type}" is not a runtime request`);
+    if (size > spec.maxBytes)
+      throw new CmcpError("boundary.too-large", `${type} frame of ${size} bytes exceeds ${spec.maxBytes}`);
     if (!(spec.phases as readonly Phase[]).includes(this.phase)) {
       throw new CmcpError("boundary.phase", `"${type}" is not allowed in phase ${this.phase}`);
     }
@@ -551,7 +572,10 @@ export class BoundaryServer {
     const v = validators[type].reply;
     if (!v(reply)) {
       // A governor bug, not a runtime fault: answer with an error so the call fails closed.
-      this.#write([REPLY_ERROR, id, type, { code: "governor.reply-schema", message: schemaError(v) }], 64 * KiB);
+      this.#write(
+        [REPLY_ERROR, id, type, { code: "governor.reply-schema", message: schemaError(v) }],
+        64 * KiB,
+      );
       return;
     }
     this.#write([REPLY, id, type, reply], spec.replyMaxBytes);
@@ -563,7 +587,15 @@ export class BoundaryServer {
       this.#socket.write(encode(frame, max));
     } catch (err) {
       if (frame[0] === REPLY_ERROR) return; // cannot happen for small error frames; never loop
-      this.#write([REPLY_ERROR, frame[1], frame[2], { code: "governor.error", message: String((err as Error).message) }], 64 * KiB);
+      this.#write(
+        [
+          REPLY_ERROR,
+          frame[1],
+          frame[2],
+          { code: "governor.error", message: String((err as Error).message) },
+        ],
+        64 * KiB,
+      );
     }
   }
 
@@ -581,7 +613,10 @@ export class BoundaryServer {
 export class GovernorClient {
   readonly #socket: Socket;
   readonly #reader = new FrameReader();
-  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  readonly #pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
   #timeoutMs: number;
   #nextId = 1;
   #closed: CmcpError | undefined;
@@ -642,7 +677,11 @@ export class GovernorClient {
     }
   }
 
-  call<K extends RuntimeRequestType>(type: K, body: Bodies[K]["req"], timeoutMs?: number): Promise<Bodies[K]["rep"]> {
+  call<K extends RuntimeRequestType>(
+    type: K,
+    body: Bodies[K]["req"],
+    timeoutMs?: number,
+  ): Promise<Bodies[K]["rep"]> {
     const deadline = timeoutMs ?? this.#timeoutMs;
     if (this.#closed) return Promise.reject(this.#closed);
     const id = this.#nextId++;

@@ -69,7 +69,12 @@ export function devConfig(filesystemRoot: string): GatewayConfig {
     tls: null,
     agents: [],
     upstreams: [
-      { name: "everything", transport: "stdio", command: process.execPath, args: [packageBin("server-everything"), "stdio"] },
+      {
+        name: "everything",
+        transport: "stdio",
+        command: process.execPath,
+        args: [packageBin("server-everything"), "stdio"],
+      },
       {
         name: "filesystem",
         transport: "stdio",
@@ -98,7 +103,9 @@ const schema = {
     log: {
       type: "object",
       additionalProperties: false,
-      properties: { origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" } },
+      properties: {
+        origin: { type: "string", minLength: 1, maxLength: 256, pattern: "^[\\x21-\\x7e][\\x20-\\x7e]*$" },
+      },
     },
     checkpoint: {
       type: "object",
@@ -143,10 +150,18 @@ const schema = {
           transport: { enum: ["stdio", "streamable-http", "sse"] },
           command: str(4096),
           args: { type: "array", maxItems: 256, items: { type: "string", maxLength: 4096 } },
-          env: { type: "object", maxProperties: 256, additionalProperties: { type: "string", maxLength: 65_536 } },
+          env: {
+            type: "object",
+            maxProperties: 256,
+            additionalProperties: { type: "string", maxLength: 65_536 },
+          },
           cwd: str(4096),
           url: { type: "string", pattern: "^https?://", maxLength: 4096 },
-          headers: { type: "object", maxProperties: 64, additionalProperties: { type: "string", maxLength: 65_536 } },
+          headers: {
+            type: "object",
+            maxProperties: 64,
+            additionalProperties: { type: "string", maxLength: 65_536 },
+          },
           connect_timeout_ms: { type: "integer", minimum: 1, maximum: 600_000 },
           call_timeout_ms: { type: "integer", minimum: 1, maximum: 3_600_000 },
           max_response_bytes: { type: "integer", minimum: 1, maximum: 256 * 1024 * 1024 },
@@ -213,7 +228,10 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
   }
   if (!validate(value)) {
     const problems = (validate.errors ?? [])
-      .map((e) => `${e.instancePath || "/"} ${e.message}${e.params && "additionalProperty" in e.params ? ` "${String(e.params.additionalProperty)}"` : ""}`)
+      .map(
+        (e) =>
+          `${e.instancePath || "/"} ${e.message}${e.params && "additionalProperty" in e.params ? ` "${String(e.params.additionalProperty)}"` : ""}`,
+      )
       .join("; ");
     throw new CmcpError("config.invalid", `config ${path} is invalid: ${problems}`);
   }
@@ -223,11 +241,17 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
   const names = new Set<string>();
   const upstreams = v.upstreams.map((u, i): UpstreamSpec => {
     const where = `/upstreams/${i}`;
-    if (names.has(u.name)) throw new CmcpError("config.invalid", `config ${path}: ${where}/name "${u.name}" is used twice`);
+    if (names.has(u.name))
+      throw new CmcpError("config.invalid", `config ${path}: ${where}/name "${u.name}" is used twice`);
     names.add(u.name);
     const transport = u.transport ?? (u.url ? "streamable-http" : "stdio");
-    if (transport === "stdio" && !u.command) throw new CmcpError("config.invalid", `config ${path}: ${where} needs "command" for a stdio upstream`);
-    if (transport !== "stdio" && !u.url) throw new CmcpError("config.invalid", `config ${path}: ${where} needs "url" for a ${transport} upstream`);
+    if (transport === "stdio" && !u.command)
+      throw new CmcpError("config.invalid", `config ${path}: ${where} needs "command" for a stdio upstream`);
+    if (transport !== "stdio" && !u.url)
+      throw new CmcpError(
+        "config.invalid",
+        `config ${path}: ${where} needs "url" for a ${transport} upstream`,
+      );
     return {
       name: u.name,
       transport,
@@ -245,7 +269,10 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
   });
   const listen = parseListen((v.listen as string | undefined) ?? "127.0.0.1:8765");
   const tls = v.tls as { cert_file: string; key_file: string } | undefined;
-  const agents = ((v.agents as GatewayConfig["agents"] | undefined) ?? []).map((a) => ({ ...a, workflows: a.workflows ?? [] }));
+  const agents = ((v.agents as GatewayConfig["agents"] | undefined) ?? []).map((a) => ({
+    ...a,
+    workflows: a.workflows ?? [],
+  }));
   const config: GatewayConfig = {
     listen,
     data_dir: rel((v.data_dir as string | undefined) ?? ".cmcp-data"),
@@ -270,7 +297,8 @@ function parseListen(text: string): { host: string; port: number } {
   const i = text.lastIndexOf(":");
   const host = text.slice(0, i).replace(/^\[(.*)\]$/, "$1");
   const port = Number(text.slice(i + 1));
-  if (!Number.isInteger(port) || port > 65535) throw new CmcpError("config.invalid", `listen port in "${text}" is not a port`);
+  if (!Number.isInteger(port) || port > 65535)
+    throw new CmcpError("config.invalid", `listen port in "${text}" is not a port`);
   return { host, port };
 }
 
@@ -281,7 +309,10 @@ export function isLoopback(host: string): boolean {
 /** A gateway reachable from other hosts needs both agent authentication and TLS, or it does not start. */
 function checkExposure(config: GatewayConfig, path: string): void {
   if (isLoopback(config.listen.host)) return;
-  const missing = [config.agents.length === 0 ? "agents (bearer tokens)" : "", config.tls ? "" : "tls"].filter(Boolean);
+  const missing = [
+    config.agents.length === 0 ? "agents (bearer tokens)" : "",
+    config.tls ? "" : "tls",
+  ].filter(Boolean);
   if (missing.length > 0) {
     throw new CmcpError(
       "config.exposed",

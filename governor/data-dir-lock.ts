@@ -55,9 +55,7 @@ const heldHere = new Set<string>();
 type FileId = Pick<BigIntStats, "dev" | "ino">;
 
 type LockState =
-  | { kind: "absent" }
-  | { kind: "live"; pid: number | undefined }
-  | { kind: "stale"; why: string };
+  { kind: "absent" } | { kind: "live"; pid: number | undefined } | { kind: "stale"; why: string };
 
 function errCode(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
@@ -94,7 +92,8 @@ function sameFile(a: FileId, b: FileId): boolean {
 }
 
 function lockedError(label: string, pid: number | undefined): CmcpError {
-  const by = pid === undefined ? "another governor (its lock file is still being written)" : `governor pid ${pid}`;
+  const by =
+    pid === undefined ? "another governor (its lock file is still being written)" : `governor pid ${pid}`;
   return new CmcpError("chain.locked", `data directory ${label} is in use by ${by}`);
 }
 
@@ -211,7 +210,10 @@ async function takeLock(dir: string, label: string): Promise<FileId> {
       });
       if (won) return id;
     }
-    throw new CmcpError("chain.locked", `could not lock data directory ${label}: its lock keeps changing hands`);
+    throw new CmcpError(
+      "chain.locked",
+      `could not lock data directory ${label}: its lock keeps changing hands`,
+    );
   } finally {
     await unlink(tmp).catch(() => undefined);
   }

@@ -78,20 +78,38 @@ export class FixedPolicy implements Decider {
     }
     if (!validate(value)) {
       const e = validate.errors?.[0];
-      throw new CmcpError("policy.invalid", `policy ${path}: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`);
+      throw new CmcpError(
+        "policy.invalid",
+        `policy ${path}: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`,
+      );
     }
     return new FixedPolicy(value as DenyList, bytes);
   }
 
   decide(input: DecisionInput): Decision {
     if (this.#servers.has(input.server)) {
-      return { outcome: "deny", reasons: [`server ${input.server} is on the deny list`], policy_ids: ["fixed.deny-servers"] };
+      return {
+        outcome: "deny",
+        reasons: [`server ${input.server} is on the deny list`],
+        policy_ids: ["fixed.deny-servers"],
+      };
     }
     if (this.#methods.has(input.method)) {
-      return { outcome: "deny", reasons: [`method ${input.method} is on the deny list`], policy_ids: ["fixed.deny-methods"] };
+      return {
+        outcome: "deny",
+        reasons: [`method ${input.method} is on the deny list`],
+        policy_ids: ["fixed.deny-methods"],
+      };
     }
-    if (input.tool !== undefined && (this.#tools.has(input.tool) || this.#tools.has(`${input.server}.${input.tool}`))) {
-      return { outcome: "deny", reasons: [`tool ${input.tool} is on the deny list`], policy_ids: ["fixed.deny-tools"] };
+    if (
+      input.tool !== undefined &&
+      (this.#tools.has(input.tool) || this.#tools.has(`${input.server}.${input.tool}`))
+    ) {
+      return {
+        outcome: "deny",
+        reasons: [`tool ${input.tool} is on the deny list`],
+        policy_ids: ["fixed.deny-tools"],
+      };
     }
     return { outcome: "allow", reasons: [], policy_ids: ["fixed.allow-all"] };
   }

@@ -78,14 +78,25 @@ export class Gateway {
       ...(options.backoff ? { backoff: options.backoff } : {}),
       onViolation: (reason, code, pid) => {
         log(`runtime pid ${pid} broke the boundary (${code}): ${reason}; terminated`);
-        this.#record("enforcement", { action: "runtime_terminated", reason: reason.slice(0, 2000), code, pid: pid ?? null });
+        this.#record("enforcement", {
+          action: "runtime_terminated",
+          reason: reason.slice(0, 2000),
+          code,
+          pid: pid ?? null,
+        });
       },
       onExit: ({ pid, code, signal, restartIn }) => {
         this.#endpoint = null;
         this.#sessions.clear();
         if (restartIn === null) return;
         log(`runtime pid ${pid} exited (code ${code}, signal ${signal}); restarting in ${restartIn} ms`);
-        this.#record("enforcement", { action: "runtime_restarted", pid: pid ?? null, code, signal, restart_in_ms: restartIn });
+        this.#record("enforcement", {
+          action: "runtime_restarted",
+          pid: pid ?? null,
+          code,
+          signal,
+          restart_in_ms: restartIn,
+        });
       },
     });
   }
@@ -152,7 +163,11 @@ export class Gateway {
         user: this.identity?.name ?? `(same as governor: not root)`,
         restarts: this.#supervisor.restarts,
       },
-      receipts: { appended: this.chain.size, durable: this.chain.durableSize, last_checkpoint: cp?.size ?? null },
+      receipts: {
+        appended: this.chain.size,
+        durable: this.chain.durableSize,
+        last_checkpoint: cp?.size ?? null,
+      },
       sessions: this.#sessions.size,
       failed: this.chain.failed?.message ?? null,
       draining: this.#draining,
@@ -219,7 +234,8 @@ export class Gateway {
       },
       session_opened: async ({ session, agent }) => {
         if (this.#draining) return { accept: false, reason: "gateway is shutting down" };
-        if (this.chain.failed) return { accept: false, reason: "evidence chain has failed; refusing all calls" };
+        if (this.chain.failed)
+          return { accept: false, reason: "evidence chain has failed; refusing all calls" };
         this.#sessions.set(session, { agent });
         return { accept: true };
       },
@@ -240,7 +256,12 @@ export class Gateway {
         return { ok: true };
       },
       upstream_event: async (req) => {
-        const entry = this.#upstreams.get(req.server) ?? { tools: 0, resources: 0, prompts: 0, last_event: null };
+        const entry = this.#upstreams.get(req.server) ?? {
+          tools: 0,
+          resources: 0,
+          prompts: 0,
+          last_event: null,
+        };
         entry.last_event = `${req.event}${req.detail ? `: ${req.detail}` : ""}`.slice(0, 300);
         this.#upstreams.set(req.server, entry);
         if (req.event !== "connected") this.#log(`upstream ${req.server}: ${entry.last_event}`);
@@ -253,14 +274,20 @@ export class Gateway {
     const session = this.#sessions.get(req.session);
     // The agent identity is the one the runtime authenticated when the session opened, not what a later frame says.
     if (!session || session.agent !== req.agent) {
-      throw new CmcpError("governor.unknown-session", `session ${req.session.slice(0, 64)} was not opened by agent ${req.agent.slice(0, 64)}`);
+      throw new CmcpError(
+        "governor.unknown-session",
+        `session ${req.session.slice(0, 64)} was not opened by agent ${req.agent.slice(0, 64)}`,
+      );
     }
     const decision = this.decider.decide(req);
     let argumentsHash: string;
     try {
       argumentsHash = payloadHash(req.params ?? null);
     } catch (err) {
-      throw new CmcpError("governor.bad-params", `parameters cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`);
+      throw new CmcpError(
+        "governor.bad-params",
+        `parameters cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`,
+      );
     }
     const appended = await this.chain.append({
       type: "decision",
@@ -294,7 +321,10 @@ export class Gateway {
     try {
       responseHash = payloadHash(req.payload ?? null);
     } catch (err) {
-      throw new CmcpError("governor.bad-payload", `payload cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`);
+      throw new CmcpError(
+        "governor.bad-payload",
+        `payload cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`,
+      );
     }
     const appended = await this.chain.append({
       type: "response_inspection",

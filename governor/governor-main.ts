@@ -30,7 +30,10 @@ async function resolveConfig(options: StartOptions): Promise<GatewayConfig> {
   else config.data_dir = resolve(config.data_dir);
   if (options.listen) {
     const i = options.listen.lastIndexOf(":");
-    config.listen = { host: options.listen.slice(0, i) || "127.0.0.1", port: Number(options.listen.slice(i + 1)) };
+    config.listen = {
+      host: options.listen.slice(0, i) || "127.0.0.1",
+      port: Number(options.listen.slice(i + 1)),
+    };
   }
   return config;
 }
@@ -57,15 +60,21 @@ export async function runGovernor(options: StartOptions): Promise<number> {
     const gateway = await Gateway.start({ config, log });
     const s = gateway.status();
     log(`epoch ${s.epoch} started, key ${s.key_id}`);
-    log(`provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`);
-    log(`mode: ${config.mode}${config.dev ? " (DEV MODE: embedded default, loopback only, no agent authentication)" : ""}`);
+    log(
+      `provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`,
+    );
+    log(
+      `mode: ${config.mode}${config.dev ? " (DEV MODE: embedded default, loopback only, no agent authentication)" : ""}`,
+    );
     log(`runtime runs as ${s.runtime.user}; evidence in ${config.data_dir}`);
     const url = await Promise.race([gateway.endpoint(), stopped.then(() => null)]);
     if (url) {
       log(`MCP endpoint (Streamable HTTP): ${url}`);
       log(`legacy HTTP+SSE endpoint: ${url.replace(/\/mcp$/, "/sse")}`);
       log(`client config:\n${clientSnippet(url)}`);
-      log(`export evidence: cmcp export --data-dir ${config.data_dir} --out bundle.json (after stopping), verify: cmcp verify bundle.json --key ${s.key_id}`);
+      log(
+        `export evidence: cmcp export --data-dir ${config.data_dir} --out bundle.json (after stopping), verify: cmcp verify bundle.json --key ${s.key_id}`,
+      );
       log(`SIGTERM or Ctrl-C stops`);
     }
     await stopped;

@@ -18,7 +18,12 @@ export interface SupervisorOptions {
   /** Called for a frame that broke the boundary table; the runtime is already being killed. */
   onViolation(reason: string, code: string, pid: number | undefined): void;
   /** Called when the runtime exited; `restartIn` is null when no restart follows. */
-  onExit(info: { pid: number | undefined; code: number | null; signal: string | null; restartIn: number | null }): void;
+  onExit(info: {
+    pid: number | undefined;
+    code: number | null;
+    signal: string | null;
+    restartIn: number | null;
+  }): void;
   log(line: string): void;
   backoff?: { initialMs: number; maxMs: number; resetAfterMs: number };
   /** Node arguments of the runtime; tests substitute a misbehaving one. */
@@ -30,7 +35,11 @@ export function runtimeCommand(): string[] {
   const here = import.meta.url;
   if (here.endsWith(".ts")) {
     // Absolute loader URL: the runtime's cwd is its state directory, where `tsx` would not resolve.
-    return ["--import", import.meta.resolve("tsx"), fileURLToPath(new URL("../runtime/runtime-main.ts", here))];
+    return [
+      "--import",
+      import.meta.resolve("tsx"),
+      fileURLToPath(new URL("../runtime/runtime-main.ts", here)),
+    ];
   }
   return [fileURLToPath(new URL("../runtime/runtime-main.js", here))];
 }

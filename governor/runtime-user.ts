@@ -15,8 +15,12 @@ export interface RuntimeIdentity {
 
 function lookup(name: string): RuntimeIdentity | null {
   try {
-    const uid = Number(execFileSync("id", ["-u", name], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim());
-    const gid = Number(execFileSync("id", ["-g", name], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim());
+    const uid = Number(
+      execFileSync("id", ["-u", name], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim(),
+    );
+    const gid = Number(
+      execFileSync("id", ["-g", name], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim(),
+    );
     return { uid, gid, name };
   } catch {
     return null;
@@ -28,13 +32,18 @@ export function ensureRuntimeUser(name: string): RuntimeIdentity | null {
   if (typeof process.getuid !== "function" || process.getuid() !== 0) return null;
   const found = lookup(name);
   if (found) {
-    if (found.uid === 0) throw new CmcpError("runtime.user", `runtime user ${name} is root; it must be unprivileged`);
+    if (found.uid === 0)
+      throw new CmcpError("runtime.user", `runtime user ${name} is root; it must be unprivileged`);
     return found;
   }
   try {
-    execFileSync("useradd", ["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    execFileSync(
+      "useradd",
+      ["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+      {
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
   } catch (err) {
     // Another governor may have created it meanwhile.
     const again = lookup(name);
@@ -42,7 +51,8 @@ export function ensureRuntimeUser(name: string): RuntimeIdentity | null {
     throw new CmcpError("runtime.user", `cannot create runtime user ${name}: ${(err as Error).message}`);
   }
   const created = lookup(name);
-  if (!created) throw new CmcpError("runtime.user", `runtime user ${name} was created but cannot be looked up`);
+  if (!created)
+    throw new CmcpError("runtime.user", `runtime user ${name} was created but cannot be looked up`);
   return created;
 }
 

@@ -6,7 +6,12 @@
  * and parses it with the strict JSON parser.
  */
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { SSEServerTransport } from "@modelcontextprotocol/sdk/server/sse.js";
@@ -35,7 +40,12 @@ interface Entry {
   lastSeen: number;
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   if (res.headersSent) {
     res.end();
     return;
@@ -44,7 +54,13 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
   res.end(JSON.stringify(body));
 }
 
-function rpcFailure(res: ServerResponse, status: number, code: number, message: string, headers?: Record<string, string>): void {
+function rpcFailure(
+  res: ServerResponse,
+  status: number,
+  code: number,
+  message: string,
+  headers?: Record<string, string>,
+): void {
   sendJson(res, status, { jsonrpc: "2.0", error: { code, message }, id: null }, headers);
 }
 
@@ -60,7 +76,10 @@ export class AgentServer {
 
   constructor(opts: AgentServerOptions) {
     this.#opts = opts;
-    this.#tokens = opts.config.agents.map((a) => ({ name: a.name, hash: Buffer.from(a.token_sha256, "hex") }));
+    this.#tokens = opts.config.agents.map((a) => ({
+      name: a.name,
+      hash: Buffer.from(a.token_sha256, "hex"),
+    }));
     const handler = (req: IncomingMessage, res: ServerResponse) => {
       this.#handle(req, res).catch((err: unknown) => {
         opts.log(`request failed: ${(err as Error).message}`);
@@ -68,7 +87,9 @@ export class AgentServer {
       });
     };
     const tls = opts.config.tls;
-    this.#http = tls ? createHttpsServer({ cert: tls.cert, key: tls.key }, handler) : createHttpServer(handler);
+    this.#http = tls
+      ? createHttpsServer({ cert: tls.cert, key: tls.key }, handler)
+      : createHttpServer(handler);
     this.#http.headersTimeout = HEADERS_TIMEOUT_MS;
     this.#http.requestTimeout = REQUEST_TIMEOUT_MS;
   }
@@ -86,11 +107,16 @@ export class AgentServer {
     const bound = (this.#http.address() as AddressInfo).port;
     const scheme = this.#opts.config.tls ? "https" : "http";
     const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
-    const names = loopback ? ["localhost", "127.0.0.1", "[::1]", host.includes(":") ? `[${host}]` : host] : [host.includes(":") ? `[${host}]` : host];
+    const names = loopback
+      ? ["localhost", "127.0.0.1", "[::1]", host.includes(":") ? `[${host}]` : host]
+      : [host.includes(":") ? `[${host}]` : host];
     this.#allowedHosts = new Set(names.map((n) => `${n}:${bound}`));
     this.#allowedOrigins = new Set(names.map((n) => `${scheme}://${n}:${bound}`));
     const shown = host.includes(":") ? `[${host}]` : host;
-    this.#sweeper = setInterval(() => this.#sweepIdle(), Math.min(60_000, this.#opts.config.limits.sessionIdleMs));
+    this.#sweeper = setInterval(
+      () => this.#sweepIdle(),
+      Math.min(60_000, this.#opts.config.limits.sessionIdleMs),
+    );
     this.#sweeper.unref();
     return { host, port: bound, url: `${scheme}://${shown}:${bound}/mcp` };
   }
@@ -101,7 +127,9 @@ export class AgentServer {
     this.#http.close();
     const until = Date.now() + deadlineMs;
     while (Date.now() < until && this.#busy()) await new Promise((r) => setTimeout(r, 50));
-    await Promise.allSettled([...this.#sessions.values()].map((e) => e.session.close("gateway shutting down")));
+    await Promise.allSettled(
+      [...this.#sessions.values()].map((e) => e.session.close("gateway shutting down")),
+    );
     this.#http.closeAllConnections();
     clearInterval(this.#sweeper);
   }
@@ -124,9 +152,11 @@ export class AgentServer {
   /** DNS rebinding: only our own Host, and no Origin but our own. */
   #checkOrigin(req: IncomingMessage): string | null {
     const host = req.headers.host;
-    if (!host || !this.#allowedHosts.has(host.toLowerCase())) return `Host header ${JSON.stringify(host ?? "")} is not this gateway`;
+    if (!host || !this.#allowedHosts.has(host.toLowerCase()))
+      return `Host header ${JSON.stringify(host ?? "")} is not this gateway`;
     const origin = req.headers.origin;
-    if (origin !== undefined && !this.#allowedOrigins.has(origin.toLowerCase())) return `Origin ${JSON.stringify(origin)} is not allowed`;
+    if (origin !== undefined && !this.#allowedOrigins.has(origin.toLowerCase()))
+      return `Origin ${JSON.stringify(origin)} is not allowed`;
     return null;
   }
 
@@ -176,14 +206,18 @@ export class AgentServer {
     if (refused) return rpcFailure(res, 403, -32600, refused);
     const agent = this.#authenticate(req);
     if (agent === null) {
-      return rpcFailure(res, 401, -32600, "missing or invalid bearer token", { "www-authenticate": 'Bearer realm="cmcp"' });
+      return rpcFailure(res, 401, -32600, "missing or invalid bearer token", {
+        "www-authenticate": 'Bearer realm="cmcp"',
+      });
     }
-    if (this.#draining) return rpcFailure(res, 503, -32600, "gateway is shutting down", { connection: "close" });
+    if (this.#draining)
+      return rpcFailure(res, 503, -32600, "gateway is shutting down", { connection: "close" });
     this.#inflight++;
     try {
       if (url.pathname === "/mcp") return await this.#streamable(req, res, agent);
       if (url.pathname === "/sse" && req.method === "GET") return await this.#sseOpen(res, agent);
-      if (url.pathname === "/messages" && req.method === "POST") return await this.#sseMessage(req, res, url, agent);
+      if (url.pathname === "/messages" && req.method === "POST")
+        return await this.#sseMessage(req, res, url, agent);
       return rpcFailure(res, 404, -32601, `no MCP endpoint at ${url.pathname.slice(0, 100)}`);
     } finally {
       this.#inflight--;
@@ -192,7 +226,15 @@ export class AgentServer {
 
   #newSession(agent: string, kind: "streamable-http" | "sse", id: string): ProxySession {
     const c = this.#opts.config;
-    return new ProxySession({ id, agent, transport: kind, config: c, gov: this.#opts.gov, log: this.#opts.log, version: this.#opts.version });
+    return new ProxySession({
+      id,
+      agent,
+      transport: kind,
+      config: c,
+      gov: this.#opts.gov,
+      log: this.#opts.log,
+      version: this.#opts.version,
+    });
   }
 
   async #streamable(req: IncomingMessage, res: ServerResponse, agent: string): Promise<void> {
@@ -205,7 +247,8 @@ export class AgentServer {
     if (typeof sid === "string") {
       const e = this.#sessions.get(sid);
       // Another agent's session id is answered exactly like an unknown one.
-      if (!e || e.kind !== "streamable-http" || e.session.agent !== agent) return rpcFailure(res, 404, -32001, "session not found");
+      if (!e || e.kind !== "streamable-http" || e.session.agent !== agent)
+        return rpcFailure(res, 404, -32001, "session not found");
       e.lastSeen = Date.now();
       await (e.transport as StreamableHTTPServerTransport).handleRequest(req, res, body);
       return;
@@ -213,7 +256,8 @@ export class AgentServer {
     if (req.method !== "POST" || !isInitializeRequest(body)) {
       return rpcFailure(res, 400, -32600, "no Mcp-Session-Id: the first request must be initialize");
     }
-    if (this.#sessions.size >= this.#opts.config.limits.maxSessions) return rpcFailure(res, 503, -32600, "too many sessions");
+    if (this.#sessions.size >= this.#opts.config.limits.maxSessions)
+      return rpcFailure(res, 503, -32600, "too many sessions");
     const id = randomUUID();
     const session = this.#newSession(agent, "streamable-http", id);
     const transport = new StreamableHTTPServerTransport({
@@ -229,7 +273,8 @@ export class AgentServer {
   }
 
   async #sseOpen(res: ServerResponse, agent: string): Promise<void> {
-    if (this.#sessions.size >= this.#opts.config.limits.maxSessions) return rpcFailure(res, 503, -32600, "too many sessions");
+    if (this.#sessions.size >= this.#opts.config.limits.maxSessions)
+      return rpcFailure(res, 503, -32600, "too many sessions");
     const transport = new SSEServerTransport("/messages", res);
     const id = transport.sessionId;
     const session = this.#newSession(agent, "sse", id);

@@ -111,7 +111,8 @@ export class ProxySession {
         ...(client?.name ? { client_name: client.name.slice(0, 1024) } : {}),
         ...(client?.version ? { client_version: client.version.slice(0, 1024) } : {}),
       });
-      if (!reply.accept) throw rpcError(RpcCode.sessionRefused, `session refused: ${reply.reason ?? "by the governor"}`);
+      if (!reply.accept)
+        throw rpcError(RpcCode.sessionRefused, `session refused: ${reply.reason ?? "by the governor"}`);
     })();
     return this.#opened;
   }
@@ -141,7 +142,12 @@ export class ProxySession {
             this.#upstreams.delete(name);
             this.#invalidate();
             void this.#ctx.gov
-              .upstreamEvent({ server: name, session: this.id, event: "disconnected", detail: reason.slice(0, 4000) })
+              .upstreamEvent({
+                server: name,
+                session: this.id,
+                event: "disconnected",
+                detail: reason.slice(0, 4000),
+              })
               .catch(() => undefined);
           },
         },
@@ -154,13 +160,22 @@ export class ProxySession {
               server: name,
               session: this.id,
               event: "connected",
-              detail: `${c.serverInfo?.name ?? "?"} ${c.serverInfo?.version ?? ""} protocol ${c.protocolVersion ?? "?"}`.slice(0, 4000),
+              detail:
+                `${c.serverInfo?.name ?? "?"} ${c.serverInfo?.version ?? ""} protocol ${c.protocolVersion ?? "?"}`.slice(
+                  0,
+                  4000,
+                ),
             })
             .catch(() => undefined),
         (err: unknown) => {
           this.#upstreams.delete(name);
           void this.#ctx.gov
-            .upstreamEvent({ server: name, session: this.id, event: "error", detail: String((err as Error).message).slice(0, 4000) })
+            .upstreamEvent({
+              server: name,
+              session: this.id,
+              event: "error",
+              detail: String((err as Error).message).slice(0, 4000),
+            })
             .catch(() => undefined);
         },
       );
@@ -168,7 +183,13 @@ export class ProxySession {
     return conn;
   }
 
-  async #decide(server: string, method: string, params: unknown, requestId: RequestId, target: { tool?: string; resource?: string; prompt?: string }): Promise<void> {
+  async #decide(
+    server: string,
+    method: string,
+    params: unknown,
+    requestId: RequestId,
+    target: { tool?: string; resource?: string; prompt?: string },
+  ): Promise<void> {
     await this.#open();
     const d = await this.#ctx.gov.decide({
       session: this.id,
@@ -182,14 +203,24 @@ export class ProxySession {
       params: params ?? null,
     });
     if (!d.allow) {
-      throw rpcError(RpcCode.denied, `denied by policy (${d.outcome}): ${d.reasons.join("; ") || "no reason given"}`, {
-        outcome: d.outcome,
-        receipt: d.seq,
-      });
+      throw rpcError(
+        RpcCode.denied,
+        `denied by policy (${d.outcome}): ${d.reasons.join("; ") || "no reason given"}`,
+        {
+          outcome: d.outcome,
+          receipt: d.seq,
+        },
+      );
     }
   }
 
-  async #inspect(server: string, method: string, requestId: RequestId | undefined, kind: "result" | "error" | "notification" | "request", payload: unknown): Promise<void> {
+  async #inspect(
+    server: string,
+    method: string,
+    requestId: RequestId | undefined,
+    kind: "result" | "error" | "notification" | "request",
+    payload: unknown,
+  ): Promise<void> {
     const r = await this.#ctx.gov.inspect({
       session: this.id,
       server,
@@ -198,37 +229,57 @@ export class ProxySession {
       kind,
       payload: payload ?? null,
     });
-    if (r.action === "block") throw rpcError(RpcCode.blocked, `response blocked by inspection: ${r.reason ?? "no reason given"}`);
+    if (r.action === "block")
+      throw rpcError(RpcCode.blocked, `response blocked by inspection: ${r.reason ?? "no reason given"}`);
   }
 
   /** Decide, forward, inspect: the one path from an agent request to an upstream and back. */
-  async #forward(server: string, method: string, params: Json, extra: Extra, target: { tool?: string; resource?: string; prompt?: string } = {}): Promise<Json> {
+  async #forward(
+    server: string,
+    method: string,
+    params: Json,
+    extra: Extra,
+    target: { tool?: string; resource?: string; prompt?: string } = {},
+  ): Promise<Json> {
     try {
       await this.#decide(server, method, params, extra.requestId, target);
       const up = await this.#upstream(server);
       const token = extra._meta?.progressToken;
       const { _meta, ...rest } = params as Json & { _meta?: Json };
-      const meta = _meta ? Object.fromEntries(Object.entries(_meta).filter(([k]) => k !== "progressToken")) : undefined;
+      const meta = _meta
+        ? Object.fromEntries(Object.entries(_meta).filter(([k]) => k !== "progressToken"))
+        : undefined;
       const list = this.#inflight.get(server) ?? [];
       list.push(extra.requestId);
       this.#inflight.set(server, list);
       let result: Json;
       try {
-        result = await up.request(method, meta && Object.keys(meta).length ? { ...rest, _meta: meta } : rest, {
-          signal: extra.signal,
-          ...(token !== undefined
-            ? {
-                onprogress: (p) =>
-                  void extra
-                    .sendNotification({ method: "notifications/progress", params: { progressToken: token, ...p } })
-                    .catch(() => undefined),
-              }
-            : {}),
-        });
+        result = await up.request(
+          method,
+          meta && Object.keys(meta).length ? { ...rest, _meta: meta } : rest,
+          {
+            signal: extra.signal,
+            ...(token !== undefined
+              ? {
+                  onprogress: (p) =>
+                    void extra
+                      .sendNotification({
+                        method: "notifications/progress",
+                        params: { progressToken: token, ...p },
+                      })
+                      .catch(() => undefined),
+                }
+              : {}),
+          },
+        );
       } catch (err) {
         const e = toRpcError(err, server);
         // Upstream errors carry upstream text to the agent too: they pass inspection like results.
-        await this.#inspect(server, method, extra.requestId, "error", { code: e.code, message: e.message, data: e.data ?? null });
+        await this.#inspect(server, method, extra.requestId, "error", {
+          code: e.code,
+          message: e.message,
+          data: e.data ?? null,
+        });
         throw e;
       } finally {
         const i = list.indexOf(extra.requestId);
@@ -252,11 +303,16 @@ export class ProxySession {
       cursor = typeof result.nextCursor === "string" ? result.nextCursor : undefined;
       if (!cursor) return out;
     }
-    throw rpcError(RpcCode.upstreamUnavailable, `upstream ${server} returned more than ${MAX_LIST_PAGES} pages of ${key}`);
+    throw rpcError(
+      RpcCode.upstreamUnavailable,
+      `upstream ${server} returned more than ${MAX_LIST_PAGES} pages of ${key}`,
+    );
   }
 
   /** Upstreams that advertise a capability, in configuration order (never arrival order). */
-  async #serversWith(capability: "tools" | "resources" | "prompts" | "logging" | "completions"): Promise<string[]> {
+  async #serversWith(
+    capability: "tools" | "resources" | "prompts" | "logging" | "completions",
+  ): Promise<string[]> {
     const names = [...this.#specs.keys()];
     const conns = await Promise.allSettled(names.map((n) => this.#upstream(n)));
     return names.filter((_, i) => {
@@ -270,7 +326,12 @@ export class ProxySession {
    * upstream passes unchanged; a name offered by several is exposed as
    * `server.name` (collision "prefix") or not at all ("refuse").
    */
-  async #aggregate(capability: "tools" | "prompts", method: string, key: string, extra: Extra): Promise<{ items: Json[]; bindings: Map<string, Binding> }> {
+  async #aggregate(
+    capability: "tools" | "prompts",
+    method: string,
+    key: string,
+    extra: Extra,
+  ): Promise<{ items: Json[]; bindings: Map<string, Binding> }> {
     const servers = await this.#serversWith(capability);
     const lists = await Promise.all(
       servers.map((s) =>
@@ -284,7 +345,8 @@ export class ProxySession {
       ),
     );
     const count = new Map<string, number>();
-    for (const { items } of lists) for (const it of items) count.set(String(it.name), (count.get(String(it.name)) ?? 0) + 1);
+    for (const { items } of lists)
+      for (const it of items) count.set(String(it.name), (count.get(String(it.name)) ?? 0) + 1);
     const bindings = new Map<string, Binding>();
     const exposed: Json[] = [];
     for (const { server, items } of lists) {
@@ -292,7 +354,12 @@ export class ProxySession {
         const name = String(it.name);
         if ((count.get(name) ?? 0) > 1) {
           void this.#ctx.gov
-            .upstreamEvent({ server, session: this.id, event: "collision", detail: `${key.slice(0, -1)} "${name.slice(0, 200)}" is offered by several upstreams (${this.#ctx.config.collision})` })
+            .upstreamEvent({
+              server,
+              session: this.id,
+              event: "collision",
+              detail: `${key.slice(0, -1)} "${name.slice(0, 200)}" is offered by several upstreams (${this.#ctx.config.collision})`,
+            })
             .catch(() => undefined);
           if (this.#ctx.config.collision === "refuse") continue;
           const alias = `${server}.${name}`;
@@ -304,7 +371,9 @@ export class ProxySession {
         }
       }
       if (key === "tools") {
-        void this.#ctx.gov.catalogObserved({ server, tools: items, resources: [], prompts: [] }).catch(() => undefined);
+        void this.#ctx.gov
+          .catalogObserved({ server, tools: items, resources: [], prompts: [] })
+          .catch(() => undefined);
       }
     }
     return { items: exposed, bindings };
@@ -357,10 +426,13 @@ export class ProxySession {
       return { tools: items } as never;
     });
     s.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
-      if (!this.#tools) this.#tools = (await this.#aggregate("tools", "tools/list", "tools", extra as Extra)).bindings;
+      if (!this.#tools)
+        this.#tools = (await this.#aggregate("tools", "tools/list", "tools", extra as Extra)).bindings;
       const b = this.#tools.get(req.params.name);
       if (!b) throw rpcError(RpcCode.unknownTarget, `unknown tool: ${req.params.name.slice(0, 200)}`);
-      return (await this.#forward(b.server, "tools/call", { ...req.params, name: b.name }, extra as Extra, { tool: b.name })) as never;
+      return (await this.#forward(b.server, "tools/call", { ...req.params, name: b.name }, extra as Extra, {
+        tool: b.name,
+      })) as never;
     });
     s.setRequestHandler(ListPromptsRequestSchema, async (_req, extra) => {
       const { items, bindings } = await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra);
@@ -368,45 +440,64 @@ export class ProxySession {
       return { prompts: items } as never;
     });
     s.setRequestHandler(GetPromptRequestSchema, async (req, extra) => {
-      if (!this.#prompts) this.#prompts = (await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)).bindings;
+      if (!this.#prompts)
+        this.#prompts = (
+          await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)
+        ).bindings;
       const b = this.#prompts.get(req.params.name);
       if (!b) throw rpcError(RpcCode.unknownTarget, `unknown prompt: ${req.params.name.slice(0, 200)}`);
-      return (await this.#forward(b.server, "prompts/get", { ...req.params, name: b.name }, extra as Extra, { prompt: b.name })) as never;
+      return (await this.#forward(b.server, "prompts/get", { ...req.params, name: b.name }, extra as Extra, {
+        prompt: b.name,
+      })) as never;
     });
     s.setRequestHandler(ListResourcesRequestSchema, async (_req, extra) => {
       this.#resources = null;
       await this.#resourceIndex(extra as Extra);
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
-      for (const sv of servers) all.push(...(await this.#listAll(sv, "resources/list", "resources", extra as Extra).catch(() => [])));
+      for (const sv of servers)
+        all.push(...(await this.#listAll(sv, "resources/list", "resources", extra as Extra).catch(() => [])));
       return { resources: all } as never;
     });
     s.setRequestHandler(ListResourceTemplatesRequestSchema, async (_req, extra) => {
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
       for (const sv of servers) {
-        all.push(...(await this.#listAll(sv, "resources/templates/list", "resourceTemplates", extra as Extra).catch(() => [])));
+        all.push(
+          ...(await this.#listAll(sv, "resources/templates/list", "resourceTemplates", extra as Extra).catch(
+            () => [],
+          )),
+        );
       }
       return { resourceTemplates: all } as never;
     });
     s.setRequestHandler(ReadResourceRequestSchema, async (req, extra) => {
       const server = await this.#serverForUri(req.params.uri, extra as Extra);
-      return (await this.#forward(server, "resources/read", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+      return (await this.#forward(server, "resources/read", req.params as Json, extra as Extra, {
+        resource: req.params.uri,
+      })) as never;
     });
     s.setRequestHandler(SubscribeRequestSchema, async (req, extra) => {
       const server = await this.#serverForUri(req.params.uri, extra as Extra);
-      return (await this.#forward(server, "resources/subscribe", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+      return (await this.#forward(server, "resources/subscribe", req.params as Json, extra as Extra, {
+        resource: req.params.uri,
+      })) as never;
     });
     s.setRequestHandler(UnsubscribeRequestSchema, async (req, extra) => {
       const server = await this.#serverForUri(req.params.uri, extra as Extra);
-      return (await this.#forward(server, "resources/unsubscribe", req.params as Json, extra as Extra, { resource: req.params.uri })) as never;
+      return (await this.#forward(server, "resources/unsubscribe", req.params as Json, extra as Extra, {
+        resource: req.params.uri,
+      })) as never;
     });
     s.setRequestHandler(CompleteRequestSchema, async (req, extra) => {
       const ref = req.params.ref as { type: string; name?: string; uri?: string };
       let server: string;
       let params = req.params as Json;
       if (ref.type === "ref/prompt") {
-        if (!this.#prompts) this.#prompts = (await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)).bindings;
+        if (!this.#prompts)
+          this.#prompts = (
+            await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra)
+          ).bindings;
         const b = this.#prompts.get(String(ref.name));
         if (!b) throw rpcError(RpcCode.unknownTarget, `unknown prompt: ${String(ref.name).slice(0, 200)}`);
         server = b.server;
@@ -418,13 +509,20 @@ export class ProxySession {
     });
     s.setRequestHandler(SetLevelRequestSchema, async (req, extra) => {
       const servers = await this.#serversWith("logging");
-      await Promise.all(servers.map((sv) => this.#forward(sv, "logging/setLevel", req.params as Json, extra as Extra)));
+      await Promise.all(
+        servers.map((sv) => this.#forward(sv, "logging/setLevel", req.params as Json, extra as Extra)),
+      );
       return {} as never;
     });
   }
 
   /** Server-to-client requests from an upstream: roots are answered from configuration, the rest go to this agent. */
-  async #fromUpstream(spec: UpstreamSpec, method: string, params: unknown, signal: AbortSignal): Promise<Json> {
+  async #fromUpstream(
+    spec: UpstreamSpec,
+    method: string,
+    params: unknown,
+    signal: AbortSignal,
+  ): Promise<Json> {
     if (method === "roots/list") return { roots: spec.roots ?? [] };
     if (method === "ping") return {};
     if (method !== "sampling/createMessage" && method !== "elicitation/create") {
@@ -448,7 +546,12 @@ export class ProxySession {
       if (method === "notifications/progress") return; // progress for our requests is relayed by the request path
       if (method.endsWith("/list_changed")) {
         this.#invalidate();
-        await this.#ctx.gov.upstreamEvent({ server, session: this.id, event: "list_changed", detail: method });
+        await this.#ctx.gov.upstreamEvent({
+          server,
+          session: this.id,
+          event: "list_changed",
+          detail: method,
+        });
         await this.server.notification({ method } as never);
         return;
       }
@@ -467,7 +570,10 @@ export class ProxySession {
     await Promise.allSettled(conns.map((p) => p.then((c) => c.close())));
     if (this.#opened) {
       await this.#opened.then(
-        () => this.#ctx.gov.sessionClosed({ session: this.id, reason: reason.slice(0, 1024) }).catch(() => undefined),
+        () =>
+          this.#ctx.gov
+            .sessionClosed({ session: this.id, reason: reason.slice(0, 1024) })
+            .catch(() => undefined),
         () => undefined,
       );
     }

@@ -35,11 +35,17 @@ export function toRpcError(err: unknown, server: string): McpError {
       case "governor.timeout":
       case "governor.unavailable":
       case "governor.bad-reply":
-        return rpcError(RpcCode.governorUnavailable, `refused: the governor could not decide (${err.message})`);
+        return rpcError(
+          RpcCode.governorUnavailable,
+          `refused: the governor could not decide (${err.message})`,
+        );
       case "upstream.timeout":
         return rpcError(RpcCode.upstreamTimeout, `upstream ${server} did not answer in time`);
       case "upstream.response-too-large":
-        return rpcError(RpcCode.responseTooLarge, `upstream ${server} sent a response larger than allowed; it was dropped`);
+        return rpcError(
+          RpcCode.responseTooLarge,
+          `upstream ${server} sent a response larger than allowed; it was dropped`,
+        );
       case "upstream.cancelled":
         return rpcError(RpcCode.cancelled, "request cancelled");
       case "upstream.disconnected":
@@ -51,5 +57,8 @@ export function toRpcError(err: unknown, server: string): McpError {
         return rpcError(RpcCode.governorUnavailable, `refused: ${err.message}`);
     }
   }
-  return rpcError(RpcCode.upstreamUnavailable, `upstream ${server} failed: ${err instanceof Error ? err.message : String(err)}`);
+  return rpcError(
+    RpcCode.upstreamUnavailable,
+    `upstream ${server} failed: ${err instanceof Error ? err.message : String(err)}`,
+  );
 }

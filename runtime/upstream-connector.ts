@@ -25,7 +25,6 @@ import type {
   JSONRPCMessage,
   Notification,
   Request,
-  RequestId,
   Result,
   ServerCapabilities,
 } from "@modelcontextprotocol/sdk/types.js";
@@ -122,13 +121,14 @@ export class UpstreamConnection {
   readonly #maxResponseBytes: number;
   readonly #tokenPrefix: string;
   readonly #progress = new Map<string, (p: ProgressUpdate) => void>();
-  readonly #inFlight = new Map<RequestId, InFlight>();
+  // Keyed like the SDK keys responses: Number(id).
+  readonly #inFlight = new Map<number, InFlight>();
   #state: State = "connecting";
   #closing: Promise<void> | undefined;
   #closeReason: string | undefined;
   #protocolVersion: string | undefined;
   #pid: number | undefined;
-  #lastSentRequestId: RequestId | undefined;
+  #lastSentRequestId: number | undefined;
   #nextToken = 0;
 
   private constructor(cfg: UpstreamConfig, options: ConnectOptions) {
@@ -212,7 +212,7 @@ export class UpstreamConnection {
     }
 
     this.#lastSentRequestId = undefined;
-    let id: RequestId | undefined;
+    let id: number | undefined;
     try {
       const pending = this.#client.request({ method, params: sendParams } as Request, ResultSchema, {
         signal: ctrl.signal,
@@ -224,18 +224,13 @@ export class UpstreamConnection {
       if (id !== undefined) this.#inFlight.set(id, {});
       const result = await pending;
       const oversized = id === undefined ? undefined : this.#inFlight.get(id)?.oversizedBytes;
-      if (oversized !== undefined) {
-        throw new CmcpError(
-          "upstream.response-too-large",
-          `upstream ${this.#cfg.name}: ${method} result of ${oversized} bytes exceeds the ${this.#maxResponseBytes}-byte limit`,
-          { server: this.#cfg.name, method, bytes: oversized, limit: this.#maxResponseBytes },
-        );
-      }
+      if (oversized !== undefined) throw this.#tooLarge(method, oversized);
       return result as Record<string, unknown>;
     } catch (err) {
       if (err instanceof CmcpError) throw err;
-      const raw = id === undefined ? undefined : this.#inFlight.get(id)?.rpcError;
-      throw this.#mapRequestError(err, method, cause, raw);
+      const entry = id === undefined ? undefined : this.#inFlight.get(id);
+      if (entry?.oversizedBytes !== undefined) throw this.#tooLarge(method, entry.oversizedBytes);
+      throw this.#mapRequestError(err, method, cause, entry?.rpcError);
     } finally {
       clearTimeout(timer);
       opts.signal?.removeEventListener("abort", onAbort);
@@ -321,7 +316,7 @@ export class UpstreamConnection {
     // oversized results are dropped before the SDK parses them.
     t.onmessage = (message: JSONRPCMessage) => {
       if (isJSONRPCResultResponse(message)) {
-        const entry = this.#inFlight.get(message.id);
+        const entry = this.#inFlight.get(Number(message.id));
         if (!entry) return;
         const bytes = jsonBytes(message.result);
         if (bytes > this.#maxResponseBytes) {
@@ -329,13 +324,16 @@ export class UpstreamConnection {
           (message as { result: unknown }).result = {};
         }
       } else if (isJSONRPCErrorResponse(message) && message.id !== undefined) {
-        const entry = this.#inFlight.get(message.id);
-        if (entry) entry.rpcError = { ...message.error };
+        const entry = this.#inFlight.get(Number(message.id));
+        if (!entry) return;
+        const bytes = jsonBytes(message.error);
+        if (bytes > this.#maxResponseBytes) entry.oversizedBytes = bytes;
+        else entry.rpcError = { ...message.error };
       }
     };
     const send = t.send.bind(t);
     t.send = (message, opts) => {
-      if (isJSONRPCRequest(message)) this.#lastSentRequestId = message.id;
+      if (isJSONRPCRequest(message)) this.#lastSentRequestId = Number(message.id);
       return send(message, opts);
     };
     // The Client tells HTTP transports the negotiated version through this
@@ -370,7 +368,7 @@ export class UpstreamConnection {
           signal: extra.signal,
         })) as Result;
       } catch (err) {
-        throw wireError(err);
+        throw rpcErrorOf(err);
       }
     };
     client.onclose = () => this.#onTransportClosed();
@@ -515,7 +513,7 @@ export class UpstreamConnection {
     if (cause === "cancelled") return cancelledError(name, method);
     if (raw) return new UpstreamRpcError(raw.code, raw.message, raw.data);
     if (this.#state !== "open") return this.#disconnectedError(method);
-    if (err instanceof McpError) return new UpstreamRpcError(err.code, err.message, err.data);
+    if (err instanceof McpError) return rpcErrorOf(err);
     if (isConnectionLoss(err)) {
       this.#lose("upstream unreachable");
       return this.#disconnectedError(method);
@@ -537,6 +535,15 @@ export class UpstreamConnection {
         server: name,
         method,
       },
+    );
+  }
+
+  #tooLarge(method: string, bytes: number): CmcpError {
+    const limit = this.#maxResponseBytes;
+    return new CmcpError(
+      "upstream.response-too-large",
+      `upstream ${this.#cfg.name}: ${method} response of ${bytes} bytes exceeds the ${limit}-byte limit`,
+      { server: this.#cfg.name, method, bytes, limit },
     );
   }
 
@@ -715,8 +722,8 @@ function cancelledError(server: string, method: string): CmcpError {
   return new CmcpError("upstream.cancelled", `upstream ${server}: ${method} cancelled`, { server, method });
 }
 
-/** What an error thrown by onRequest becomes on the wire: only JSON-RPC shaped errors keep their text. */
-function wireError(err: unknown): UpstreamRpcError {
+/** A JSON-RPC error from any thrown value; only JSON-RPC shaped errors keep their text. */
+function rpcErrorOf(err: unknown): UpstreamRpcError {
   if (err instanceof McpError) {
     const prefix = `MCP error ${err.code}: `;
     const message = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;

@@ -18,11 +18,17 @@ import type { GatewayConfig } from "../../governor/config.js";
 import { Gateway, type GatewayOptions } from "../../governor/gateway.js";
 import { ensureRuntimeUser, prepareStateDir } from "../../governor/runtime-user.js";
 
-export const bin = (pkg: string) => fileURLToPath(import.meta.resolve(`@modelcontextprotocol/${pkg}/dist/index.js`));
+export const bin = (pkg: string) =>
+  fileURLToPath(import.meta.resolve(`@modelcontextprotocol/${pkg}/dist/index.js`));
 
 export function referenceUpstreams(sandbox: string): UpstreamSpec[] {
   return [
-    { name: "everything", transport: "stdio", command: process.execPath, args: [bin("server-everything"), "stdio"] },
+    {
+      name: "everything",
+      transport: "stdio",
+      command: process.execPath,
+      args: [bin("server-everything"), "stdio"],
+    },
     {
       name: "filesystem",
       transport: "stdio",
@@ -30,7 +36,13 @@ export function referenceUpstreams(sandbox: string): UpstreamSpec[] {
       args: [bin("server-filesystem"), sandbox],
       roots: [{ uri: `file://${sandbox}`, name: "sandbox" }],
     },
-    { name: "memory", transport: "stdio", command: process.execPath, args: [bin("server-memory")], env: { MEMORY_FILE_PATH: join(sandbox, "memory.jsonl") } },
+    {
+      name: "memory",
+      transport: "stdio",
+      command: process.execPath,
+      args: [bin("server-memory")],
+      env: { MEMORY_FILE_PATH: join(sandbox, "memory.jsonl") },
+    },
   ];
 }
 
@@ -86,7 +98,12 @@ export async function startTestGateway(
     tls: null,
     agents: [],
     upstreams: referenceUpstreams(sandbox),
-    limits: { max_body_bytes: 1024 * 1024, governor_timeout_ms: 5000, max_sessions: 100, session_idle_seconds: 3600 },
+    limits: {
+      max_body_bytes: 1024 * 1024,
+      governor_timeout_ms: 5000,
+      max_sessions: 100,
+      session_idle_seconds: 3600,
+    },
     runtime: { user: "cmcp-runtime" },
     dev: false,
     ...over,
@@ -119,8 +136,14 @@ export async function startTestGateway(
   };
 }
 
-export async function connectClient(url: string, capabilities: ClientCapabilities = {}, headers?: Record<string, string>): Promise<Client> {
+export async function connectClient(
+  url: string,
+  capabilities: ClientCapabilities = {},
+  headers?: Record<string, string>,
+): Promise<Client> {
   const client = new Client({ name: "cmcp-test-agent", version: "1.0.0" }, { capabilities });
-  await client.connect(new StreamableHTTPClientTransport(new URL(url), headers ? { requestInit: { headers } } : {}));
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL(url), headers ? { requestInit: { headers } } : {}),
+  );
   return client;
 }

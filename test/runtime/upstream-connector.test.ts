@@ -419,6 +419,10 @@ describe("misbehaving upstreams", () => {
   it("returns a huge result: upstream.response-too-large, and the connection survives", async () => {
     const conn = await connect(rawConfig("normal", { maxResponseBytes: 64 * 1024 }));
     await expectCode(call(conn, "huge", { bytes: 200_000 }), "upstream.response-too-large");
+    await expectCode(
+      call(conn, "fail", { code: -32000, data: "x".repeat(200_000) }),
+      "upstream.response-too-large",
+    );
     expect(text(await call(conn, "huge", { bytes: 1_000 }))).toHaveLength(1_000);
   });
 

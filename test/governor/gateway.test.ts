@@ -1,0 +1,270 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import {
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  LoggingMessageNotificationSchema,
+  type Tool,
+} from "@modelcontextprotocol/sdk/types.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Receipt } from "../../artifacts/receipt.js";
+import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
+import { loadConfig } from "../../governor/config.js";
+import { exportBundle } from "../../governor/export-bundle.js";
+import { connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+
+async function toolsUntil(client: Client, name: string): Promise<Tool[]> {
+  // server-everything registers capability-dependent tools after initialize and then announces list_changed.
+  for (let i = 0; i < 50; i++) {
+    const { tools } = await client.listTools();
+    if (tools.some((t) => t.name === name)) return tools;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`tool ${name} never appeared`);
+}
+
+async function exportedReceipts(tg: TestGateway): Promise<{ receipts: Receipt[]; bundle: string }> {
+  const bundle = join(tg.dir, "bundle.json");
+  await exportBundle(tg.dataDir, bundle);
+  const doc = JSON.parse(await readFile(bundle, "utf8")) as { receipts: Receipt[] };
+  return { receipts: doc.receipts, bundle };
+}
+
+describe("gateway passthrough with real peers", () => {
+  let tg: TestGateway;
+  let client: Client;
+  const calls: string[] = [];
+  const logs: unknown[] = [];
+  const progress: number[] = [];
+
+  beforeAll(async () => {
+    tg = await startTestGateway();
+    client = await connectClient(tg.url, { sampling: {}, elicitation: {} });
+    client.setRequestHandler(CreateMessageRequestSchema, async (req) => ({
+      role: "assistant",
+      model: "test-model",
+      content: {
+        type: "text",
+        text: `sampled: ${JSON.stringify(req.params.messages[0]?.content).slice(0, 40)}`,
+      },
+    }));
+    client.setRequestHandler(ElicitRequestSchema, async () => ({
+      action: "accept",
+      content: { color: "blue" },
+    }));
+    client.setNotificationHandler(LoggingMessageNotificationSchema, async (n) => void logs.push(n.params));
+  });
+
+  afterAll(async () => {
+    await client?.close().catch(() => undefined);
+    await tg?.cleanup();
+  });
+
+  const call = async (name: string, args: Record<string, unknown> = {}, opts = {}) => {
+    calls.push(name);
+    return client.callTool({ name, arguments: args }, undefined, opts);
+  };
+
+  it("aggregates tools of every upstream, names unchanged without collisions", async () => {
+    const tools = await toolsUntil(client, "trigger-sampling-request");
+    const names = tools.map((t) => t.name);
+    expect(names).toEqual(
+      expect.arrayContaining(["echo", "read_text_file", "create_entities", "trigger-elicitation-request"]),
+    );
+    expect(names.filter((n) => n.includes("."))).toEqual([]);
+  });
+
+  it("relays tool calls to the right upstream", async () => {
+    expect(await call("echo", { message: "through the gateway" })).toMatchObject({
+      content: [{ type: "text", text: "Echo: through the gateway" }],
+    });
+    await call("write_file", { path: join(tg.sandbox, "note.txt"), content: "hello sandbox" });
+    const read = await call("read_text_file", { path: join(tg.sandbox, "note.txt") });
+    expect(JSON.stringify(read)).toContain("hello sandbox");
+    await call("create_entities", {
+      entities: [{ name: "cmcp", entityType: "project", observations: ["governed"] }],
+    });
+    expect(JSON.stringify(await call("read_graph"))).toContain("governed");
+  });
+
+  it("relays progress notifications to the caller's progress token", async () => {
+    const result = await call(
+      "trigger-long-running-operation",
+      { duration: 1, steps: 3 },
+      {
+        onprogress: (p: { progress: number }) => progress.push(p.progress),
+      },
+    );
+    expect(JSON.stringify(result)).toContain("completed");
+    expect(progress.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("relays sampling and elicitation from an upstream to the agent session whose call caused it", async () => {
+    const sampled = await call("trigger-sampling-request", { prompt: "hello", maxTokens: 5 });
+    expect(JSON.stringify(sampled)).toContain("sampled:");
+    const elicited = await call("trigger-elicitation-request");
+    expect(JSON.stringify(elicited)).toContain("blue");
+  });
+
+  it("relays resources, templates, prompts, completion and logging", async () => {
+    const { resources } = await client.listResources();
+    expect(resources.length).toBeGreaterThan(0);
+    const first = resources[0]!;
+    const read = await client.readResource({ uri: first.uri });
+    expect(read.contents.length).toBeGreaterThan(0);
+    const { resourceTemplates } = await client.listResourceTemplates();
+    expect(resourceTemplates.length).toBeGreaterThan(0);
+    const { prompts } = await client.listPrompts();
+    expect(prompts.map((p) => p.name)).toContain("simple-prompt");
+    const prompt = await client.getPrompt({ name: "simple-prompt" });
+    expect(prompt.messages.length).toBeGreaterThan(0);
+    const completion = await client.complete({
+      ref: { type: "ref/prompt", name: "completable-prompt" },
+      argument: { name: "department", value: "E" },
+    });
+    expect(completion.completion.values.length).toBeGreaterThan(0);
+    await client.setLoggingLevel("debug");
+    await call("toggle-simulated-logging");
+    for (let i = 0; i < 100 && logs.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    await call("toggle-simulated-logging");
+    expect(logs.length).toBeGreaterThan(0);
+    expect(await client.ping()).toEqual({});
+  });
+
+  it("leaves one decision receipt per forwarded tool call and an evidence bundle that verifies", async () => {
+    await client.close();
+    await tg.stop();
+    const { receipts, bundle } = await exportedReceipts(tg);
+    const toolCalls = receipts.filter((r) => r.type === "decision" && r.subject.method === "tools/call");
+    expect(toolCalls.map((r) => r.subject.tool).sort()).toEqual([...calls].sort());
+    for (const r of toolCalls) {
+      expect(r.subject.agent).toBe("local");
+      expect(r.hashes?.arguments).toMatch(/^[0-9a-f]{64}$/);
+      expect(JSON.stringify(r)).not.toContain("through the gateway"); // hashes, never payloads
+    }
+    expect(receipts.filter((r) => r.type === "response_inspection").length).toBeGreaterThanOrEqual(
+      toolCalls.length,
+    );
+    const report = await verifyBundleFile(bundle, {
+      trustedKeys: [tg.signer.keyId],
+      policyHash: tg.gateway.decider.bundleHash,
+    });
+    expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
+    expect(report.ok).toBe(true);
+  });
+});
+
+describe("gateway decisions", () => {
+  it("enforcing mode refuses a denied tool before it reaches the upstream, and records why", async () => {
+    const tg = await startTestGateway(
+      { mode: "enforcing" },
+      { policy: { deny_tools: ["everything.get-env"] } },
+    );
+    try {
+      const client = await connectClient(tg.url);
+      await expect(client.callTool({ name: "get-env", arguments: {} })).rejects.toMatchObject({
+        code: -32010,
+      });
+      expect(await client.callTool({ name: "echo", arguments: { message: "ok" } })).toMatchObject({
+        content: [{ text: "Echo: ok" }],
+      });
+      await client.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      const denied = receipts.find((r) => r.type === "decision" && r.subject.tool === "get-env");
+      expect(denied?.decision).toMatchObject({ outcome: "deny", policy_ids: ["fixed.deny-tools"] });
+      // Nothing came back from the upstream for the denied call, so no inspection names its request.
+      const inspected = receipts.filter(
+        (r) => r.type === "response_inspection" && r.subject.request_id === denied?.subject.request_id,
+      );
+      expect(inspected.filter((r) => r.subject.method === "tools/call")).toEqual([]);
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
+  it("advisory mode records the deny but lets the call through", async () => {
+    const tg = await startTestGateway({ mode: "advisory" }, { policy: { deny_tools: ["echo"] } });
+    try {
+      const client = await connectClient(tg.url);
+      expect(await client.callTool({ name: "echo", arguments: { message: "x" } })).toMatchObject({
+        content: [{ text: "Echo: x" }],
+      });
+      await client.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      expect(
+        receipts.find((r) => r.subject.tool === "echo" && r.type === "decision")?.decision?.outcome,
+      ).toBe("deny");
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
+  it("exposes colliding tool names as server.tool under the prefix rule, and drops them under refuse", async () => {
+    const twice = (collision: "prefix" | "refuse") =>
+      startTestGateway({
+        collision,
+        upstreams: [
+          {
+            name: "one",
+            transport: "stdio",
+            command: process.execPath,
+            args: [join(process.cwd(), "node_modules/@modelcontextprotocol/server-memory/dist/index.js")],
+          },
+          {
+            name: "two",
+            transport: "stdio",
+            command: process.execPath,
+            args: [join(process.cwd(), "node_modules/@modelcontextprotocol/server-memory/dist/index.js")],
+          },
+        ],
+      });
+    const prefix = await twice("prefix");
+    try {
+      const client = await connectClient(prefix.url);
+      const names = (await client.listTools()).tools.map((t) => t.name);
+      expect(names).toEqual(expect.arrayContaining(["one.read_graph", "two.read_graph"]));
+      expect(names).not.toContain("read_graph");
+      expect(await client.callTool({ name: "two.read_graph", arguments: {} })).toHaveProperty("content");
+      await client.close();
+    } finally {
+      await prefix.cleanup();
+    }
+    const refuse = await twice("refuse");
+    try {
+      const client = await connectClient(refuse.url);
+      expect((await client.listTools()).tools).toEqual([]);
+      await expect(client.callTool({ name: "read_graph", arguments: {} })).rejects.toMatchObject({
+        code: -32602,
+      });
+      await client.close();
+    } finally {
+      await refuse.cleanup();
+    }
+  });
+});
+
+describe("gateway configuration", () => {
+  it("refuses a non-loopback listen address without agent tokens and TLS", async () => {
+    const { mkdtemp, writeFile } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const dir = await mkdtemp(join(tmpdir(), "cmcp-cfg-"));
+    const path = join(dir, "c.json");
+    await writeFile(
+      path,
+      JSON.stringify({ listen: "0.0.0.0:8765", upstreams: [{ name: "a", command: "/bin/true" }] }),
+    );
+    await expect(loadConfig(path)).rejects.toMatchObject({ code: "config.exposed" });
+    await writeFile(path, JSON.stringify({ listen: "127.0.0.1:8765", upstreams: [{ name: "a" }] }));
+    await expect(loadConfig(path)).rejects.toThrow(/needs "command"/);
+    await writeFile(
+      path,
+      JSON.stringify({ listen: "127.0.0.1:8765", upstreams: [{ name: "a", command: "x", bogus: 1 }] }),
+    );
+    await expect(loadConfig(path)).rejects.toThrow(
+      /upstreams\/0 must NOT have additional properties "bogus"/,
+    );
+  });
+});
