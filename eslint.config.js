@@ -5,7 +5,8 @@ import tseslint from "typescript-eslint";
 
 const noGovernor = {
   group: ["**/governor/**", "!**/governor/boundary.js"],
-  message: "runtime/ and quarantine/ talk to the governor only through the boundary contract (governor/boundary.ts).",
+  message:
+    "runtime/ and quarantine/ talk to the governor only through the boundary contract (governor/boundary.ts).",
 };
 const verifierOnlyArtifacts = {
   group: ["**/governor/**", "**/runtime/**", "**/quarantine/**", "**/cli/**"],

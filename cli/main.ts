@@ -26,7 +26,10 @@ export function buildProgram(): Command {
     )
     .option("-c, --config <file>", "JSON gateway config (default: the embedded dev-mode configuration)")
     .option("-d, --data-dir <dir>", "data directory for the receipt chain (overrides the config)")
-    .option("-l, --listen <host:port>", "agent-facing listen address (overrides the config; port 0 picks a free port)")
+    .option(
+      "-l, --listen <host:port>",
+      "agent-facing listen address (overrides the config; port 0 picks a free port)",
+    )
     .action(async (opts: { config?: string; dataDir?: string; listen?: string }) => {
       const { runGovernor } = await import("../governor/governor-main.js");
       process.exitCode = await runGovernor(opts);
@@ -62,11 +65,40 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("connect")
+    .description(
+      "Bridge this process's stdio to a running gateway, for agent hosts that launch MCP servers as commands. The bearer token, if the gateway requires one, is read from CMCP_AGENT_TOKEN.",
+    )
+    .option("-u, --url <url>", "the gateway's Streamable HTTP endpoint", "http://127.0.0.1:8765/mcp")
+    .action(async (opts: { url: string }) => {
+      const { runConnect } = await import("./connect-command.js");
+      process.exitCode = await runConnect(opts);
+    });
+
+  program
+    .command("status")
+    .description(
+      "Show a running gateway's state (epoch, key, runtime, receipts, sessions, upstreams) through its admin socket.",
+    )
+    .option("-d, --data-dir <dir>", "the governor's data directory", ".cmcp-data")
+    .option("--json", "print the status as JSON")
+    .action(async (opts: { dataDir: string; json?: boolean }) => {
+      const { adminRequest, ADMIN_SOCKET } = await import("../governor/admin-server.js");
+      const { join } = await import("node:path");
+      const reply = await adminRequest(join(opts.dataDir, ADMIN_SOCKET), { cmd: "status" });
+      const s = reply.status as Record<string, unknown>;
+      if (opts.json) process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
+      else
+        for (const [k, v] of Object.entries(s))
+          process.stdout.write(`${k}: ${typeof v === "object" ? JSON.stringify(v) : String(v)}\n`);
+    });
+
+  program
     .command("export")
     .description(
-      "Export an evidence bundle (or one receipt's C2SP tlog-proof) from a stopped governor's data directory.",
+      "Export an evidence bundle: from a running gateway through its admin socket, or from a stopped governor's data directory. --tlog-proof exports one receipt's C2SP tlog-proof (stopped governor only).",
     )
-    .requiredOption("-d, --data-dir <dir>", "the governor's data directory")
+    .option("-d, --data-dir <dir>", "the governor's data directory", ".cmcp-data")
     .requiredOption("-o, --out <file>", "output file")
     .addOption(
       new Option(
@@ -81,12 +113,28 @@ export function buildProgram(): Command {
         process.stdout.write(
           `wrote tlog-proof for receipt ${opts.tlogProof} against checkpoint size ${r.checkpointSize} to ${opts.out}\n`,
         );
-      } else {
-        const r = await exportBundle(opts.dataDir, opts.out);
-        process.stdout.write(
-          `wrote ${r.receipts} receipts, ${r.checkpoints} checkpoints, ${r.claims} claims (${r.bytes} bytes) to ${opts.out}\n`,
-        );
+        return;
       }
+      const { adminRequest, ADMIN_SOCKET } = await import("../governor/admin-server.js");
+      const { lockHolder } = await import("../governor/data-dir-lock.js");
+      const { join } = await import("node:path");
+      let r: { receipts: unknown; checkpoints: unknown; claims: unknown; bytes: unknown };
+      if ((await lockHolder(opts.dataDir)) !== null) {
+        const { createWriteStream } = await import("node:fs");
+        const out = createWriteStream(opts.out);
+        const reply = await adminRequest(join(opts.dataDir, ADMIN_SOCKET), { cmd: "export" }, (chunk) =>
+          out.write(chunk),
+        );
+        await new Promise<void>((resolve, reject) =>
+          out.end((err?: Error | null) => (err ? reject(err) : resolve())),
+        );
+        r = reply as typeof r;
+      } else {
+        r = await exportBundle(opts.dataDir, opts.out);
+      }
+      process.stdout.write(
+        `wrote ${r.receipts} receipts, ${r.checkpoints} checkpoints, ${r.claims} claims (${r.bytes} bytes) to ${opts.out}\n`,
+      );
     });
 
   return program;

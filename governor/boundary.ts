@@ -615,7 +615,7 @@ export class GovernorClient {
   readonly #reader = new FrameReader();
   readonly #pending = new Map<
     number,
-    { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+    { type: MessageType; resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
   >();
   #timeoutMs: number;
   #nextId = 1;
@@ -670,7 +670,7 @@ export class GovernorClient {
     if (kind === REPLY_ERROR) {
       const e = body as { code?: unknown; message?: unknown };
       p.reject(new CmcpError(String(e?.code ?? "governor.error"), String(e?.message ?? "governor refused")));
-    } else if (kind === REPLY && isMessageType(type) && validators[type].reply(body)) {
+    } else if (kind === REPLY && type === p.type && validators[p.type].reply(body)) {
       p.resolve(body);
     } else {
       p.reject(new CmcpError("governor.bad-reply", `governor reply to ${type} does not match the table`));
@@ -696,7 +696,7 @@ export class GovernorClient {
         this.#pending.delete(id);
         reject(new CmcpError("governor.timeout", `governor did not answer ${type} within ${deadline} ms`));
       }, deadline);
-      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#pending.set(id, { type, resolve: resolve as (v: unknown) => void, reject, timer });
       this.#socket.write(frame);
     });
   }

@@ -16,6 +16,30 @@
  *   <20-digit first seq>.idx  u64 LE file offset of each record, in seq order.
  *     A cache: never fsynced, checked on open and on every lookup, rebuilt
  *     from the segment when it disagrees.
+ *   <20-digit first seq>.seg.void  only after a failed batch whose records
+ *     could not be cut off again (see below); ASCII, exactly:
+ *       "cmcp-chain-void 1\n"
+ *       "segment <20-digit first seq>.seg\n"
+ *       "valid-bytes <decimal>\n"   bytes of acknowledged records
+ *       "next-seq <decimal>\n"      seq after the last acknowledged record
+ *     Written to a temp file, fsynced, renamed into place, directory fsynced.
+ *
+ * Recovery on open. Only the last segment can hold unacknowledged bytes:
+ *  - a torn tail (partial header or payload, a final record failing its CRC,
+ *    trailing garbage or zeros) is the unsynced end of the last batch and is
+ *    cut off;
+ *  - damage followed by any whole, CRC-valid record with a plausible seq is
+ *    not a torn tail but damage to acknowledged records: open fails with
+ *    `store.corrupt` and leaves the files alone. (A power loss that kept a
+ *    later page of the last batch but lost an earlier one is reported the
+ *    same way: the store cannot tell it from damage, and refuses rather than
+ *    risk dropping acknowledged records.)
+ *  - a batch that failed after its bytes were written (index write or fsync
+ *    error) was rejected to its callers, so its bytes must not come back as
+ *    records: the failure path truncates the segment to its acknowledged
+ *    size and fsyncs; if that fails too it writes the .void marker, and the
+ *    next open truncates to `valid-bytes` (after checking that exactly the
+ *    acknowledged records lie before it) and then removes the marker.
  *
  * Single writer: opening may truncate a torn tail and rewrite index files, so
  * callers must hold the data directory lock before opening.
@@ -33,6 +57,7 @@ const MAGIC_1 = 0x52; // "R"
 const FORMAT_VERSION = 1;
 const IDX_ENTRY_BYTES = 8;
 const SEGMENTS_DIR = "segments";
+const VOID_SUFFIX = ".void";
 const SEQ_DIGITS = 20;
 const SCAN_CHUNK = 1 << 20;
 const MAX_U32 = 0xffff_ffff;
@@ -128,9 +153,12 @@ export const nodeStoreIo: StoreIo = {
 
 export type StoreState = "open" | "failed" | "closed";
 
-/** Why the tail of the last segment was cut. */
+/**
+ * Why the tail of the last segment was cut. "rejected-batch": bytes of a
+ * failed batch, recorded in a .void marker.
+ */
 export type TailDamage =
-  "partial-header" | "partial-payload" | "bad-header" | "bad-crc" | "seq-discontinuity";
+  "partial-header" | "partial-payload" | "bad-header" | "bad-crc" | "seq-discontinuity" | "rejected-batch";
 
 export interface StoreRecovery {
   /** True when bytes after the last whole record were removed. */
@@ -321,6 +349,83 @@ function decodeOffset(buf: Uint8Array, at: number): number {
   return v > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(v);
 }
 
+/** CRC of the record at `offset` whose header is `head`, reading the payload in bounded chunks. */
+async function streamedCrc(
+  io: StoreIo,
+  h: StoreHandle,
+  offset: number,
+  head: Uint8Array,
+  length: number,
+): Promise<number | undefined> {
+  let crc = crc32(head.subarray(0, 16));
+  const buf = new Uint8Array(Math.min(SCAN_CHUNK, Math.max(1, length)));
+  for (let done = 0; done < length;) {
+    const want = Math.min(buf.length, length - done);
+    const got = await io.read(h, buf.subarray(0, want), offset + RECORD_HEADER_BYTES + done);
+    if (got < want) return undefined;
+    crc = crc32(buf.subarray(0, want), crc);
+    done += want;
+  }
+  return crc;
+}
+
+/**
+ * First whole, CRC-valid record after the damaged one at `damaged` (which
+ * should have held `seq`), up to byte `end`. Only seqs a record at that
+ * distance could have count: at least `seq`, at most one more per header's
+ * worth of bytes. A torn write loses the end of the last batch, so it leaves
+ * no such record behind the damage (unless the disk kept a later page of the
+ * batch and lost an earlier one, which is then reported as corruption too).
+ */
+async function findLaterRecord(
+  io: StoreIo,
+  h: StoreHandle,
+  damaged: number,
+  end: number,
+  seq: number,
+): Promise<{ offset: number; seq: number } | undefined> {
+  const buf = new Uint8Array(SCAN_CHUNK + RECORD_HEADER_BYTES);
+  for (let pos = damaged + 1; pos + RECORD_HEADER_BYTES <= end; pos += SCAN_CHUNK) {
+    const got = await io.read(h, buf.subarray(0, Math.min(buf.length, end - pos)), pos);
+    const view = buf.subarray(0, got);
+    for (let i = 0; i < SCAN_CHUNK && i + RECORD_HEADER_BYTES <= got; i++) {
+      if (view[i] !== MAGIC_0 || view[i + 1] !== MAGIC_1) continue;
+      const head = parseHeader(view, i);
+      if (head === undefined) continue;
+      const at = pos + i;
+      if (head.seq < seq || head.seq > seq + Math.floor((at - damaged) / RECORD_HEADER_BYTES)) continue;
+      if (at + RECORD_HEADER_BYTES + head.length > end) continue;
+      const crc = await streamedCrc(io, h, at, view.slice(i, i + RECORD_HEADER_BYTES), head.length);
+      if (crc === head.crc) return { offset: at, seq: head.seq };
+    }
+  }
+  return undefined;
+}
+
+interface VoidMarker {
+  validBytes: number;
+  nextSeq: number;
+}
+
+function encodeVoidMarker(segment: { first: number }, m: VoidMarker): Uint8Array {
+  const text =
+    `cmcp-chain-void 1\nsegment ${segmentFileName(segment.first, "seg")}\n` +
+    `valid-bytes ${m.validBytes}\nnext-seq ${m.nextSeq}\n`;
+  return new TextEncoder().encode(text);
+}
+
+function parseVoidMarker(bytes: Uint8Array, first: number): VoidMarker | undefined {
+  const m = /^cmcp-chain-void 1\nsegment (\d{20})\.seg\nvalid-bytes (\d{1,16})\nnext-seq (\d{1,16})\n$/.exec(
+    new TextDecoder().decode(bytes),
+  );
+  if (m === null || Number(m[1]) !== first) return undefined;
+  const validBytes = Number(m[2]);
+  const nextSeq = Number(m[3]);
+  if (!Number.isSafeInteger(validBytes) || !Number.isSafeInteger(nextSeq) || nextSeq < first)
+    return undefined;
+  return { validBytes, nextSeq };
+}
+
 // ---------------------------------------------------------------------------
 // Store
 
@@ -493,18 +598,25 @@ export class ChainStore {
       await io.mkdir(segDir);
       const names = await io.readdir(segDir);
       const firsts: number[] = [];
+      const voids = new Map<number, string>();
       for (const name of names) {
         if (name.includes(TEMP_MARKER)) {
-          await io.unlink(join(segDir, name)); // leftover of an interrupted index rewrite
+          await io.unlink(join(segDir, name)); // leftover of an interrupted index or marker write
           continue;
         }
-        const m = /^(\d{20})\.seg$/.exec(name);
+        const m = /^(\d{20})\.seg(\.void)?$/.exec(name);
         if (m === null) continue;
         const first = Number(m[1]);
         if (!Number.isSafeInteger(first)) throw corrupt(join(segDir, name), 0, "first seq out of range");
-        firsts.push(first);
+        if (m[2] === undefined) firsts.push(first);
+        else voids.set(first, join(segDir, name));
       }
       firsts.sort((a, b) => a - b);
+      for (const [first, path] of voids) {
+        // Only the active segment ever gets one, and no segment is created while one exists.
+        if (first !== firsts[firsts.length - 1])
+          throw corrupt(path, 0, "void marker for a segment that is not the last one");
+      }
 
       if (firsts.length === 0) {
         const segment: Segment = { first: 0, count: 0, size: 0, ...paths(0) };
@@ -577,18 +689,47 @@ export class ChainStore {
       let idxFh: StoreHandle | undefined;
       try {
         const fileSize = await io.size(fh);
+        const voidPath = voids.get(segment.first);
+        const marker = voidPath === undefined ? undefined : await readVoidMarker(io, voidPath, segment.first);
         const offsets: number[] = [];
         let last: Uint8Array | undefined;
         let damage: TailDamage | undefined;
+        let damageAt = 0;
         let validBytes = 0;
-        for await (const item of scanRecords(io, fh, 0, fileSize, segment.first)) {
+        const scanEnd = marker === undefined ? fileSize : Math.min(fileSize, marker.validBytes);
+        for await (const item of scanRecords(io, fh, 0, scanEnd, segment.first)) {
           if (item.kind === "damage") {
             damage = item.reason;
+            damageAt = item.offset;
             break;
           }
           offsets.push(item.offset);
           validBytes = item.offset + item.size;
           last = item.payload.slice();
+        }
+        if (marker !== undefined) {
+          // Everything before the marker's boundary was acknowledged: it must all be there, intact.
+          if (damage !== undefined)
+            throw corrupt(segment.seg, damageAt, `${damage} before the acknowledged end`);
+          if (validBytes !== marker.validBytes || segment.first + offsets.length !== marker.nextSeq) {
+            throw corrupt(
+              voidPath!,
+              0,
+              `marker says ${marker.nextSeq - segment.first} records in ${marker.validBytes} bytes, ` +
+                `segment holds ${offsets.length} in ${validBytes}`,
+            );
+          }
+          if (fileSize > validBytes) damage = "rejected-batch";
+        } else if (damage !== undefined) {
+          const later = await findLaterRecord(io, fh, damageAt, fileSize, segment.first + offsets.length);
+          if (later !== undefined) {
+            throw corrupt(
+              segment.seg,
+              damageAt,
+              `${damage}, but a valid record with seq ${later.seq} follows at byte ${later.offset}: ` +
+                "acknowledged records are damaged (not a torn tail); refusing to truncate",
+            );
+          }
         }
         const recovery: StoreRecovery = {
           truncated: damage !== undefined,
@@ -602,6 +743,11 @@ export class ChainStore {
           await io.ftruncate(fh, validBytes);
           await io.fsync(fh);
           emit({ type: "tail-truncated", recovery });
+        }
+        if (voidPath !== undefined) {
+          // Only once the cut is durable; an append may follow right after open.
+          await io.unlink(voidPath);
+          await io.fsyncDir(segDir);
         }
         segment.count = offsets.length;
         segment.size = validBytes;
@@ -779,7 +925,10 @@ export class ChainStore {
         for (const p of batch) p.resolve(p.seq);
       }
     } catch (err) {
-      this.fail(op, err);
+      // Bytes of the failed batch may be in the segment; its callers are told it failed.
+      const wrote = op === "write" || op === "index write" || op === "fsync";
+      const kept = wrote ? await this.discardFailedBatch() : undefined;
+      this.fail(op, err, kept);
     } finally {
       this.pumping = false;
       const waiters = this.drainWaiters;
@@ -829,11 +978,38 @@ export class ChainStore {
     await Promise.all([this.io.close(old.fh), this.io.close(old.idxFh)]);
   }
 
-  private fail(op: string, err: unknown): void {
+  /**
+   * Cuts the segment back to its acknowledged records, so a rejected append
+   * cannot reappear on the next open; failing that, leaves a durable marker
+   * that makes the next open do it. Returns a note when neither worked.
+   */
+  private async discardFailedBatch(): Promise<string | undefined> {
+    const a = this.active;
+    try {
+      await this.io.ftruncate(a.fh, a.segment.size);
+      await this.io.fsync(a.fh);
+      return undefined;
+    } catch {
+      // The truncation may not be durable: fall back to the marker.
+    }
+    try {
+      await writeVoidMarker(this.io, this.segDir, a.segment, {
+        validBytes: a.segment.size,
+        nextSeq: a.segment.first + a.segment.count,
+      });
+      return undefined;
+    } catch (err) {
+      return `rejected records may remain in ${a.segment.seg} after byte ${a.segment.size} (${errCode(err)})`;
+    }
+  }
+
+  private fail(op: string, err: unknown, note?: string): void {
     this._state = "failed";
     this._failure = err;
     const msg = err instanceof Error ? err.message : String(err);
-    this.failedMessage = `chain store failed: ${op} returned ${errCode(err)} (${msg}); no further appends are accepted`;
+    this.failedMessage =
+      `chain store failed: ${op} returned ${errCode(err)} (${msg}); no further appends are accepted` +
+      (note === undefined ? "" : `; ${note}`);
     const error = this.failedError();
     const rejected = [...this.inflight, ...this.queue];
     this.inflight = [];
@@ -996,6 +1172,33 @@ async function scanSealed(io: StoreIo, segment: Segment): Promise<{ offsets: num
     if (offsets.length === 0) throw corrupt(segment.seg, 0, "sealed segment holds no records");
     return { offsets, size };
   });
+}
+
+async function readVoidMarker(io: StoreIo, path: string, first: number): Promise<VoidMarker> {
+  const bytes = await withRead(io, path, async (h) => readAt(io, h, 0, Math.min(await io.size(h), 4096)));
+  const marker = parseVoidMarker(bytes, first);
+  if (marker === undefined) throw corrupt(path, 0, "unreadable void marker");
+  return marker;
+}
+
+/** Durably records that the active segment holds only `m.validBytes` acknowledged bytes. */
+async function writeVoidMarker(io: StoreIo, segDir: string, segment: Segment, m: VoidMarker): Promise<void> {
+  const path = `${segment.seg}${VOID_SUFFIX}`;
+  const tmp = `${path}${TEMP_MARKER}${process.pid}`;
+  const h = await io.open(tmp, "w");
+  try {
+    try {
+      await io.write(h, encodeVoidMarker(segment, m), 0);
+      await io.fsync(h);
+    } finally {
+      await io.close(h);
+    }
+    await io.rename(tmp, path);
+  } catch (err) {
+    await io.unlink(tmp).catch(() => undefined); // else removed on the next open
+    throw err;
+  }
+  await io.fsyncDir(segDir);
 }
 
 async function writeIndex(io: StoreIo, segment: Segment, offsets: readonly number[]): Promise<void> {

@@ -18,6 +18,10 @@
  *                                 never disappears), then removes the mutex.
  *                                 One older than 30 s was left by a process
  *                                 that died inside that step and is removed.
+ *                                 (Two processes removing the same dead mutex
+ *                                 in the same instant could both proceed; that
+ *                                 needs a crash inside the few-millisecond step
+ *                                 first.)
  *
  * A lock is stale when its pid is not running, or is this process's own pid
  * while this process does not hold the directory (a previous process whose

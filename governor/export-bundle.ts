@@ -1,7 +1,9 @@
 /**
- * Offline export of an evidence bundle (and single C2SP tlog-proofs) from a
- * governor's data directory. Needs no key: everything exported was signed
- * when it was written. Refuses while a live governor holds the directory.
+ * Export of evidence bundles and single C2SP tlog-proofs, from a stopped
+ * governor's data directory (offline) or from the running chain (through the
+ * admin interface). Needs no key: everything exported was signed when it was
+ * written. The bundle ends at the last checkpoint, so every receipt in it is
+ * covered by a signed root.
  */
 import { join } from "node:path";
 import { writeFile } from "node:fs/promises";
@@ -15,28 +17,51 @@ import {
   type InclusionProof,
 } from "../artifacts/evidence-bundle.js";
 import { leafHash, MerkleTree } from "../artifacts/merkle.js";
-import type { EpochStartData, Receipt } from "../artifacts/receipt.js";
+import { utcTimestamp, type EpochStartData, type Receipt } from "../artifacts/receipt.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import { formatTlogProof } from "../artifacts/tlog-proof.js";
-import { utcTimestamp } from "../artifacts/receipt.js";
 import { ChainStore } from "./chain-store.js";
 import { acquireDataDirLock } from "./data-dir-lock.js";
-import { listCheckpoints, listClaims, readLogInfo, type StoredCheckpoint } from "./receipt-chain.js";
+import {
+  listCheckpoints,
+  listClaims,
+  readLogInfo,
+  type ReceiptChain,
+  type StoredCheckpoint,
+} from "./receipt-chain.js";
+
+/** What an export reads: a stopped data directory's store, or the running chain. */
+export interface ChainSource {
+  dataDir: string;
+  origin: string;
+  durableSize: number;
+  entries(from?: number, to?: number): AsyncIterable<{ seq: number; entry: Uint8Array }>;
+}
 
 interface ChainIndex {
-  store: ChainStore;
-  release(): Promise<void>;
-  origin: string;
   tree: MerkleTree;
-  keys: BundleKey[];
-  epochStarts: number[];
-  providers: string[];
+  epochStarts: { seq: number; key: BundleKey; provider: string }[];
   checkpoints: StoredCheckpoint[];
 }
 
-async function indexChain(dataDir: string): Promise<ChainIndex> {
+async function indexChain(src: ChainSource): Promise<ChainIndex> {
+  const tree = new MerkleTree();
+  const epochStarts: ChainIndex["epochStarts"] = [];
+  const size = src.durableSize;
+  for await (const { seq, entry } of src.entries(0, size)) {
+    tree.append(leafHash(entry));
+    const r = parseJson(entry) as Receipt;
+    if (r.type === "epoch_start") {
+      const data = r.data as unknown as EpochStartData;
+      epochStarts.push({ seq, key: { kid: r.kid, public_key: data.public_key }, provider: data.provider });
+    }
+  }
+  return { tree, epochStarts, checkpoints: await listCheckpoints(src.dataDir, size) };
+}
+
+/** Opens a stopped governor's data directory, holding its lock for the whole export. */
+async function withStoppedChain<T>(dataDir: string, fn: (src: ChainSource) => Promise<T>): Promise<T> {
   const { origin } = await readLogInfo(dataDir);
-  // Hold the governor's lock for the whole export: opening the store may repair its tail.
   let unlock: () => Promise<void>;
   try {
     unlock = await acquireDataDirLock(dataDir);
@@ -44,117 +69,107 @@ async function indexChain(dataDir: string): Promise<ChainIndex> {
     if (!isCmcpError(err, "chain.locked")) throw err;
     throw new CmcpError(
       "export.locked",
-      `${err.message}; stop the governor first (live export arrives with the admin interface)`,
+      `${err.message}; a running governor exports through its admin socket`,
     );
   }
-  let store: ChainStore;
   try {
-    store = await ChainStore.open({ dir: join(dataDir, "chain") });
-  } catch (err) {
-    await unlock();
-    throw err;
-  }
-  const release = async () => {
-    await store.close();
-    await unlock();
-  };
-  const tree = new MerkleTree();
-  const keys: BundleKey[] = [];
-  const epochStarts: number[] = [];
-  const providers: string[] = [];
-  let checkpoints: StoredCheckpoint[];
-  try {
-    for await (const { seq, entry } of store.entries()) {
-      tree.append(leafHash(entry));
-      const r = parseJson(entry) as Receipt;
-      if (r.type === "epoch_start") {
-        const data = r.data as unknown as EpochStartData;
-        keys.push({ kid: r.kid, public_key: data.public_key });
-        providers.push(data.provider);
-        epochStarts.push(seq);
-      }
+    // Opening the store may repair its tail, which is why the lock is held.
+    const store = await ChainStore.open({ dir: join(dataDir, "chain") });
+    try {
+      return await fn({
+        dataDir,
+        origin,
+        durableSize: store.durableSize,
+        entries: (f, t) => store.entries(f, t),
+      });
+    } finally {
+      await store.close();
     }
-    checkpoints = await listCheckpoints(dataDir, store.durableSize);
-  } catch (err) {
-    await release();
-    throw err;
+  } finally {
+    await unlock();
   }
-  return { store, release, origin, tree, keys, epochStarts, providers, checkpoints };
 }
 
-function coveringCheckpoint(checkpoints: StoredCheckpoint[], seq: number): StoredCheckpoint | undefined {
-  return checkpoints.find((c) => c.size > seq);
+/** A running chain as an export source; a fresh checkpoint first covers everything appended so far. */
+export async function liveSource(chain: ReceiptChain): Promise<ChainSource> {
+  await chain.checkpoint();
+  return {
+    dataDir: chain.dataDir,
+    origin: chain.origin,
+    durableSize: chain.durableSize,
+    entries: (f, t) => chain.entries(f, t),
+  };
 }
 
-export async function exportBundle(
-  dataDir: string,
-  out: string,
-): Promise<{ receipts: number; bytes: number; checkpoints: number; claims: number }> {
-  const ix = await indexChain(dataDir);
-  try {
-    // The bundle ends at its last checkpoint: receipts no checkpoint covers could be dropped undetected.
-    const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
-    const inBundle = ix.epochStarts
-      .map((seq, i) => [seq, ix.keys[i]!, ix.providers[i]!] as const)
-      .filter(([seq]) => seq < end);
-    const keys = inBundle.map(([, k]) => k);
-    const claims = (await listClaims(dataDir)).filter((c) => c.checkpoint.size <= end);
-    const proofs: InclusionProof[] = [];
-    const wanted = new Set<number>([
-      ...inBundle.map(([seq]) => seq),
-      ...claims.map((c) => c.checkpoint.size - 1),
-    ]);
-    for (const seq of [...wanted].sort((a, b) => a - b)) {
-      const cp = coveringCheckpoint(ix.checkpoints, seq);
-      if (!cp) continue;
+export interface ExportSummary {
+  receipts: number;
+  bytes: number;
+  checkpoints: number;
+  claims: number;
+}
+
+export async function exportFromSource(src: ChainSource, out: string): Promise<ExportSummary> {
+  const ix = await indexChain(src);
+  const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
+  const inBundle = ix.epochStarts.filter((e) => e.seq < end);
+  const claims = (await listClaims(src.dataDir)).filter((c) => c.checkpoint.size <= end);
+  const proofs: InclusionProof[] = [];
+  const wanted = new Set<number>([
+    ...inBundle.map((e) => e.seq),
+    ...claims.map((c) => c.checkpoint.size - 1),
+  ]);
+  for (const seq of [...wanted].sort((a, b) => a - b)) {
+    const cp = ix.checkpoints.find((c) => c.size > seq);
+    if (cp)
       proofs.push({
         seq,
         checkpoint_size: cp.size,
         proof: ix.tree.inclusionProof(seq, cp.size).map(toBase64),
       });
-    }
-    const consistency = [];
-    for (let i = 1; i < ix.checkpoints.length; i++) {
-      const a = ix.checkpoints[i - 1]!.size;
-      const b = ix.checkpoints[i]!.size;
-      consistency.push({ old_size: a, new_size: b, proof: ix.tree.consistencyProof(a, b).map(toBase64) });
-    }
-    const header: BundleHeader = {
-      format: BUNDLE_FORMAT,
-      created_utc: utcTimestamp(),
-      origin: ix.origin,
-      keys,
-      // Hardware evidence arrives with the attestation providers; the software provider has none.
-      attestation: inBundle.map(([, k, provider]) => ({ kid: k.kid, provider, evidence: null })),
-      policy_artifact: null,
-      checkpoints: ix.checkpoints.map((c) => c.note),
-      consistency_proofs: consistency,
-      inclusion_proofs: proofs,
-      claims,
-    };
-
-    const entries = (async function* () {
-      for await (const { entry } of ix.store.entries(0, end)) yield entry;
-    })();
-    const written = await writeBundle(out, header, entries);
-    return { ...written, checkpoints: ix.checkpoints.length, claims: claims.length };
-  } finally {
-    await ix.release();
   }
+  const consistency = [];
+  for (let i = 1; i < ix.checkpoints.length; i++) {
+    const a = ix.checkpoints[i - 1]!.size;
+    const b = ix.checkpoints[i]!.size;
+    consistency.push({ old_size: a, new_size: b, proof: ix.tree.consistencyProof(a, b).map(toBase64) });
+  }
+  const header: BundleHeader = {
+    format: BUNDLE_FORMAT,
+    created_utc: utcTimestamp(),
+    origin: src.origin,
+    keys: inBundle.map((e) => e.key),
+    // Hardware evidence arrives with the attestation providers; the software provider has none.
+    attestation: inBundle.map((e) => ({ kid: e.key.kid, provider: e.provider, evidence: null })),
+    policy_artifact: null,
+    checkpoints: ix.checkpoints.map((c) => c.note),
+    consistency_proofs: consistency,
+    inclusion_proofs: proofs,
+    claims,
+  };
+  const entries = (async function* () {
+    for await (const { entry } of src.entries(0, end)) yield entry;
+  })();
+  const written = await writeBundle(out, header, entries);
+  return { ...written, checkpoints: ix.checkpoints.length, claims: claims.length };
+}
+
+/** Offline export from a stopped governor's data directory. */
+export function exportBundle(dataDir: string, out: string): Promise<ExportSummary> {
+  return withStoppedChain(dataDir, (src) => exportFromSource(src, out));
 }
 
 /** Writes a C2SP tlog-proof for one receipt against the first checkpoint that covers it. */
-export async function exportTlogProof(
+export function exportTlogProof(
   dataDir: string,
   seq: number,
   out: string,
 ): Promise<{ checkpointSize: number }> {
-  const ix = await indexChain(dataDir);
-  try {
+  return withStoppedChain(dataDir, async (src) => {
+    const ix = await indexChain(src);
     if (!Number.isSafeInteger(seq) || seq < 0 || seq >= ix.tree.size) {
       throw new CmcpError("export.range", `receipt ${seq} is not in the chain (size ${ix.tree.size})`);
     }
-    const cp = coveringCheckpoint(ix.checkpoints, seq);
+    const cp = ix.checkpoints.find((c) => c.size > seq);
     if (!cp) throw new CmcpError("export.no-checkpoint", `no checkpoint covers receipt ${seq} yet`);
     const text = formatTlogProof({
       index: seq,
@@ -163,7 +178,5 @@ export async function exportTlogProof(
     });
     await writeFile(out, text);
     return { checkpointSize: cp.size };
-  } finally {
-    await ix.release();
-  }
+  });
 }

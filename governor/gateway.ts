@@ -11,10 +11,16 @@ import { generateSigner, type Signer } from "../artifacts/keys.js";
 import { payloadHash } from "../artifacts/receipt.js";
 import type { Bodies, Handlers, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
+import { AdminServer } from "./admin-server.js";
 import { FixedPolicy, type Decider } from "./fixed-policy.js";
 import { ReceiptChain } from "./receipt-chain.js";
-import { RuntimeSupervisor } from "./runtime-supervisor.js";
-import { ensureRuntimeUser, prepareStateDir, type RuntimeIdentity } from "./runtime-user.js";
+import { runtimeEntryFile, RuntimeSupervisor } from "./runtime-supervisor.js";
+import {
+  assertReadableBy,
+  ensureRuntimeUser,
+  prepareStateDir,
+  type RuntimeIdentity,
+} from "./runtime-user.js";
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -51,6 +57,7 @@ export class Gateway {
   readonly #sessions = new Map<string, { agent: string }>();
   readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
   #endpoint: string | null = null;
+  #admin: AdminServer | null = null;
   #endpointWaiters: ((url: string) => void)[] = [];
   #draining = false;
   #inflight = 0;
@@ -106,6 +113,8 @@ export class Gateway {
     const log = options.log ?? (() => undefined);
     const decider = await FixedPolicy.load(config.policy);
     const identity = ensureRuntimeUser(config.runtime.user);
+    if (identity && !options.runtimeCommand)
+      await assertReadableBy(identity, [runtimeEntryFile(), process.execPath]);
     const signer = options.signer ?? generateSigner();
     const chain = await ReceiptChain.open({
       dataDir: config.data_dir,
@@ -130,7 +139,10 @@ export class Gateway {
       // The runtime may traverse the data directory to reach its own state, and read nothing else in it.
       if (identity) await chmod(config.data_dir, 0o711);
       await prepareStateDir(join(config.data_dir, "runtime"), identity);
+      // Its state directory must be reachable too, or the runtime would die at spawn and restart forever.
+      if (identity) await assertReadableBy(identity, [join(config.data_dir, "runtime")]);
       const gateway = new Gateway(config, chain, decider, identity, log, options);
+      gateway.#admin = await AdminServer.start(gateway, config.data_dir);
       gateway.#supervisor.start();
       return gateway;
     } catch (err) {
@@ -143,6 +155,10 @@ export class Gateway {
   endpoint(): Promise<string> {
     if (this.#endpoint) return Promise.resolve(this.#endpoint);
     return new Promise((resolve) => this.#endpointWaiters.push(resolve));
+  }
+
+  get adminSocket(): string | null {
+    return this.#admin?.path ?? null;
   }
 
   get runtimePid(): number | undefined {
@@ -181,6 +197,7 @@ export class Gateway {
     this.#draining = true;
     const deadline = this.config.drain_timeout_seconds * 1000;
     await this.#supervisor.stop(deadline);
+    await this.#admin?.close();
     if (this.#inflight > 0) {
       await Promise.race([
         new Promise<void>((r) => (this.#idle = r)),

@@ -72,8 +72,9 @@ export async function runGovernor(options: StartOptions): Promise<number> {
       log(`MCP endpoint (Streamable HTTP): ${url}`);
       log(`legacy HTTP+SSE endpoint: ${url.replace(/\/mcp$/, "/sse")}`);
       log(`client config:\n${clientSnippet(url)}`);
+      log(`status: cmcp status --data-dir ${config.data_dir}`);
       log(
-        `export evidence: cmcp export --data-dir ${config.data_dir} --out bundle.json (after stopping), verify: cmcp verify bundle.json --key ${s.key_id}`,
+        `evidence: cmcp export --data-dir ${config.data_dir} --out bundle.json, then cmcp verify bundle.json --key ${s.key_id}`,
       );
       log(`SIGTERM or Ctrl-C stops`);
     }

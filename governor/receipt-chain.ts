@@ -219,6 +219,11 @@ export class ReceiptChain {
     return this.#store.durableSize;
   }
 
+  /** Durable entries in order (streamed; safe while appends continue). */
+  entries(from = 0, to = this.#store.durableSize): AsyncIterable<{ seq: number; entry: Uint8Array }> {
+    return this.#store.entries(from, to);
+  }
+
   get failed(): CmcpError | undefined {
     return this.#failure;
   }

@@ -30,6 +30,14 @@ export interface SupervisorOptions {
   command?: string[];
 }
 
+/** The runtime's entry file: TypeScript sources in tests, the build otherwise. */
+export function runtimeEntryFile(): string {
+  const here = import.meta.url;
+  return fileURLToPath(
+    new URL(here.endsWith(".ts") ? "../runtime/runtime-main.ts" : "../runtime/runtime-main.js", here),
+  );
+}
+
 /** Node arguments that start the runtime, from sources (tests) or from the build. */
 export function runtimeCommand(): string[] {
   const here = import.meta.url;

@@ -4,7 +4,8 @@
  * user, created on first use as a system account without a login shell.
  */
 import { execFileSync } from "node:child_process";
-import { chown, mkdir } from "node:fs/promises";
+import { chown, mkdir, stat } from "node:fs/promises";
+import { dirname } from "node:path";
 import { CmcpError } from "../artifacts/errors.js";
 
 export interface RuntimeIdentity {
@@ -60,4 +61,35 @@ export function ensureRuntimeUser(name: string): RuntimeIdentity | null {
 export async function prepareStateDir(path: string, identity: RuntimeIdentity | null): Promise<void> {
   await mkdir(path, { recursive: true, mode: 0o700 });
   if (identity) await chown(path, identity.uid, identity.gid);
+}
+
+/**
+ * Fails with a clear error when the runtime user could not read its own code
+ * (for example an installation under a mode-0700 home directory): otherwise
+ * the runtime would die at start and be restarted forever.
+ */
+export async function assertReadableBy(identity: RuntimeIdentity, files: string[]): Promise<void> {
+  const can = (st: { uid: number; gid: number; mode: number }, bits: number) =>
+    st.uid === identity.uid
+      ? (st.mode & (bits << 6)) !== 0
+      : st.gid === identity.gid
+        ? (st.mode & (bits << 3)) !== 0
+        : (st.mode & bits) !== 0;
+  for (const file of files) {
+    if (!can(await stat(file), 4)) {
+      throw new CmcpError(
+        "runtime.unreadable",
+        `runtime user ${identity.name} cannot read ${file}; install cmcp where other users can read it (for example under /opt)`,
+      );
+    }
+    for (let dir = dirname(file); ; dir = dirname(dir)) {
+      if (!can(await stat(dir), 1)) {
+        throw new CmcpError(
+          "runtime.unreadable",
+          `runtime user ${identity.name} cannot enter ${dir} (needed for ${file}); install cmcp where other users can read it (for example under /opt), or allow traversal with chmod o+x`,
+        );
+      }
+      if (dirname(dir) === dir) break;
+    }
+  }
 }

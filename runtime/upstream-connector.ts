@@ -128,6 +128,7 @@ export class UpstreamConnection {
   #closeReason: string | undefined;
   #protocolVersion: string | undefined;
   #pid: number | undefined;
+  #child: ChildProcess | undefined;
   #lastSentRequestId: number | undefined;
   #nextToken = 0;
 
@@ -438,6 +439,7 @@ export class UpstreamConnection {
     // only when present, for a useful close reason.
     const child = (this.#transport as unknown as { _process?: ChildProcess })._process;
     if (child instanceof EventEmitter) {
+      this.#child = child;
       child.once("exit", (code: number | null, sig: NodeJS.Signals | null) => {
         if (this.#state === "closed") return;
         this.#closeReason ??=
@@ -447,14 +449,9 @@ export class UpstreamConnection {
   }
 
   async #killForFailedConnect(): Promise<void> {
-    // A child that failed the handshake gets no graceful shutdown.
-    if (this.#pid !== undefined) {
-      try {
-        process.kill(this.#pid, "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
+    // A child that failed the handshake gets no graceful shutdown. Through the
+    // handle, not the pid: a reaped pid may already belong to someone else.
+    this.#child?.kill("SIGKILL");
     await this.#client.close().catch(() => undefined);
   }
 

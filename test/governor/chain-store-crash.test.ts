@@ -18,6 +18,7 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { crc32 } from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { isCmcpError } from "../../artifacts/errors.js";
 import { ChainStore, RECORD_HEADER_BYTES, segmentFileName } from "../../governor/chain-store.js";
@@ -280,6 +281,111 @@ describe("chain store recovery from a damaged tail", () => {
       droppedBytes: lastSize,
     });
     await store.close();
+  });
+
+  // Offsets of the records built from `entries`.
+  const offsets = entries.reduce<number[]>(
+    (acc, e, i) => [...acc, i === 0 ? 0 : acc[i - 1]! + RECORD_HEADER_BYTES + entries[i - 1]!.length],
+    [],
+  );
+
+  const flip =
+    (k: number, at: number, mask: number) =>
+    (b: Buffer): void => {
+      b[offsets[k]! + at]! ^= mask;
+    };
+  /** Rewrites record k with seq + 7 and a matching CRC: a whole, valid record out of sequence. */
+  const reseq =
+    (k: number) =>
+    (b: Buffer): void => {
+      const off = offsets[k]!;
+      b.writeUInt32LE(b.readUInt32LE(off + 8) + 7, off + 8);
+      const end = off + RECORD_HEADER_BYTES + entries[k]!.length;
+      b.writeUInt32LE(
+        crc32(b.subarray(off + RECORD_HEADER_BYTES, end), crc32(b.subarray(off, off + 16))),
+        off + 16,
+      );
+    };
+
+  it.each([
+    ["a payload byte (bad CRC)", 2, flip(2, RECORD_HEADER_BYTES + 10, 0x01), "bad-crc"],
+    ["the magic (bad header)", 2, flip(2, 0, 0x01), "bad-header"],
+    ["a high bit of the length (runs past the end)", 2, flip(2, 6, 0x10), "partial-payload"],
+    ["a low bit of the length", 3, flip(3, 4, 0x04), "bad-crc"],
+    ["a seq bit", 1, flip(1, 8, 0x02), "bad-crc"],
+    ["the seq, with a matching CRC", 1, reseq(1), "seq-discontinuity"],
+  ] as const)(
+    "refuses to open, and changes nothing, when %s of an acknowledged record is damaged and valid records follow",
+    async (_name, k, damage, reason) => {
+      await build(dir, entries);
+      const seg = segPath(dir, 0);
+      const bytes = await readFile(seg);
+      damage(bytes);
+      await writeFile(seg, bytes);
+      const idx = await readFile(idxPath(dir, 0));
+
+      const events: StoreEvent[] = [];
+      const err = await expectCode(ChainStore.open({ dir, onEvent: (e) => events.push(e) }), "store.corrupt");
+      expect((err as { detail: unknown }).detail).toMatchObject({ file: seg, offset: offsets[k] });
+      expect((err as Error).message).toContain(reason);
+      expect((err as Error).message).toContain(
+        `valid record with seq ${k + 1} follows at byte ${offsets[k + 1]}`,
+      );
+      expect(events).toEqual([]);
+      expect((await readFile(seg)).equals(bytes)).toBe(true);
+      expect((await readFile(idxPath(dir, 0))).equals(idx)).toBe(true);
+    },
+  );
+
+  it("refuses also when a torn tail follows the damage", async () => {
+    await build(dir, entries);
+    const seg = segPath(dir, 0);
+    const bytes = await readFile(seg);
+    flip(4, RECORD_HEADER_BYTES + 3, 0x20)(bytes);
+    const torn = Buffer.concat([bytes, bytes.subarray(offsets[5]!, offsets[5]! + 30)]);
+    await writeFile(seg, torn);
+    const err = await expectCode(ChainStore.open({ dir }), "store.corrupt");
+    expect((err as { detail: unknown }).detail).toMatchObject({ file: seg, offset: offsets[4] });
+    expect((await readFile(seg)).equals(torn)).toBe(true);
+  });
+
+  it("refuses when the damage is in the last of several segments", async () => {
+    // 320-byte records, three per 1000-byte segment: the last segment starts at 9.
+    const twelve = Array.from({ length: 12 }, (_, i) => entry(i, 300));
+    await build(dir, twelve, 1000);
+    const seg = segPath(dir, 9);
+    const bytes = await readFile(seg);
+    bytes[320 + 100]! ^= 0x01; // payload of seq 10
+    await writeFile(seg, bytes);
+    const err = await expectCode(ChainStore.open({ dir, segmentMaxBytes: 1000 }), "store.corrupt");
+    expect((err as { detail: unknown }).detail).toMatchObject({ file: seg, offset: 320 });
+    expect((await readFile(seg)).equals(bytes)).toBe(true);
+  });
+
+  it("finds a valid record after a damaged one larger than the scan buffer, across the buffer's edge", async () => {
+    // The later record's header straddles the end of the first 1 MiB read after the damage.
+    const SCAN_CHUNK = 1 << 20;
+    const big = entry(1, SCAN_CHUNK - 29);
+    const three = [entry(0), big, entry(2)];
+    const store = await ChainStore.open({ dir, maxEntryBytes: 2 * SCAN_CHUNK });
+    for (const e of three) await store.append(e);
+    await store.close();
+    const seg = segPath(dir, 0);
+    const bytes = await readFile(seg);
+    const bigAt = RECORD_HEADER_BYTES + three[0]!.length;
+    bytes[bigAt + RECORD_HEADER_BYTES + 5000]! ^= 0x01;
+    await writeFile(seg, bytes);
+    const err = await expectCode(ChainStore.open({ dir }), "store.corrupt");
+    expect((err as { detail: unknown }).detail).toMatchObject({ file: seg, offset: bigAt });
+    expect((err as Error).message).toContain(`at byte ${bigAt + RECORD_HEADER_BYTES + big.length}`);
+
+    // The same damage in the last record is a torn tail.
+    bytes[bigAt + RECORD_HEADER_BYTES + 5000]! ^= 0x01;
+    await writeFile(seg, bytes.subarray(0, bigAt + RECORD_HEADER_BYTES + big.length - 1));
+    const again = await ChainStore.open({ dir });
+    expect(again.durableSize).toBe(1);
+    expect(again.recovery).toMatchObject({ truncated: true, reason: "partial-payload" });
+    await again.close();
   });
 
   it("recovers into an empty last segment and links lastEntry to the previous segment", async () => {

@@ -449,23 +449,30 @@ describe("chain store failure", () => {
     await store.close();
     expect(store.state).toBe("closed");
 
+    // The failure path cut the half-written batch off again, so there is nothing to recover.
+    const ackedBytes = entries.reduce((n, e) => n + RECORD_HEADER_BYTES + e.length, 0);
+    expect((await stat(segPath(0))).size).toBe(ackedBytes);
     const again = await ChainStore.open({ dir });
-    expect(again.recovery).toMatchObject({ truncated: true, reason: "partial-payload" });
+    expect(again.recovery).toMatchObject({ truncated: false, validBytes: ackedBytes, droppedBytes: 0 });
     expect(again.durableSize).toBe(5);
     expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
     expect(await again.append(entry(5))).toBe(5);
     await again.close();
   });
 
-  it("fails on EIO from fsync; acknowledged entries survive, unacknowledged ones may", async () => {
+  it("fails on EIO from fsync; acknowledged entries survive and the rejected ones are cut off", async () => {
     let inject = false;
     const io = observingIo([], {
       beforeFsync: (h) => {
-        if (inject && h.path.endsWith(".seg")) throw osError("EIO", "fsync");
+        if (inject && h.path.endsWith(".seg")) {
+          inject = false; // fails once: the fsync after the cut succeeds
+          throw osError("EIO", "fsync");
+        }
       },
     });
     const store = await ChainStore.open({ dir, io });
     const entries = await acknowledged(store, 5);
+    const ackedBytes = (await stat(segPath(0))).size;
     inject = true;
     const extra = [0, 1, 2].map((k) => entry(100 + k));
     const results = await Promise.allSettled(extra.map((e) => store.append(e)));
@@ -474,21 +481,161 @@ describe("chain store failure", () => {
       if (r.status === "rejected") {
         expect(isCmcpError(r.reason, "store.failed")).toBe(true);
         expect((r.reason as Error).message).toContain("EIO");
+        expect((r.reason as Error).message).not.toContain("may remain");
       }
     }
     expect(store.state).toBe("failed");
     expect((store.failure as { code: string }).code).toBe("EIO");
+    // By the time the appends were rejected, their bytes were gone again.
+    expect((await stat(segPath(0))).size).toBe(ackedBytes);
     await expectCode(store.append(entry(9)), "store.failed");
     await store.close();
 
     const again = await ChainStore.open({ dir });
-    // The data reached the page cache before fsync failed, so the rejected records may be present.
-    expect(again.durableSize).toBeGreaterThanOrEqual(5);
-    expect(again.durableSize).toBeLessThanOrEqual(8);
-    const all = await collect(again);
-    expect(all.slice(0, 5)).toEqual(entries.map((e, i) => [i, e]));
-    expect(all.slice(5)).toEqual(extra.slice(0, all.length - 5).map((e, k) => [5 + k, e]));
+    expect(again.recovery).toMatchObject({ truncated: false, validBytes: ackedBytes });
+    expect(again.durableSize).toBe(5);
+    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
+    expect(await again.append(entry(5))).toBe(5);
     await again.close();
+  });
+
+  it("cuts off a batch whose index write failed after its records were written", async () => {
+    let inject = false;
+    const io = observingIo([], {
+      beforeWrite: (h) => {
+        if (inject && h.path.endsWith(".idx")) throw osError("ENOSPC", "write");
+      },
+    });
+    const store = await ChainStore.open({ dir, io });
+    const entries = await acknowledged(store, 4);
+    inject = true;
+    await expectCode(store.append(entry(50)), "store.failed");
+    await store.close();
+
+    const again = await ChainStore.open({ dir });
+    expect(again.recovery.truncated).toBe(false);
+    expect(again.durableSize).toBe(4);
+    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
+    await again.close();
+  });
+
+  describe("when the cut itself fails", () => {
+    const voidPath = (): string => `${segPath(0)}.void`;
+
+    /** Five acknowledged entries, then a batch of three that fails on fsync; `cut` decides how the cut fails. */
+    async function failBatch(
+      cut: "ftruncate" | "fsync",
+    ): Promise<{ entries: Uint8Array[]; ackedBytes: number }> {
+      let inject = false;
+      const base = observingIo([], {
+        beforeFsync: (h) => {
+          if (inject && h.path.endsWith(".seg")) throw osError("EIO", "fsync");
+        },
+      });
+      const io: StoreIo = {
+        ...base,
+        ftruncate: async (h, length) => {
+          if (inject && cut === "ftruncate") throw osError("EIO", "ftruncate");
+          await base.ftruncate(h, length);
+        },
+      };
+      const store = await ChainStore.open({ dir, io });
+      const entries = await acknowledged(store, 5);
+      const ackedBytes = (await stat(segPath(0))).size;
+      inject = true;
+      const results = await Promise.allSettled([0, 1, 2].map((k) => store.append(entry(100 + k))));
+      expect(results.map((r) => r.status)).toEqual(["rejected", "rejected", "rejected"]);
+      await store.close();
+      return { entries, ackedBytes };
+    }
+
+    it.each(["ftruncate", "fsync"] as const)(
+      "leaves a durable marker when %s fails, and the next open cuts the rejected records off",
+      async (cut) => {
+        const { entries, ackedBytes } = await failBatch(cut);
+        const sizeAfterFailure = (await stat(segPath(0))).size;
+        if (cut === "ftruncate") expect(sizeAfterFailure).toBeGreaterThan(ackedBytes);
+        expect(await readFile(voidPath(), "utf8")).toBe(
+          `cmcp-chain-void 1\nsegment ${segmentFileName(0, "seg")}\nvalid-bytes ${ackedBytes}\nnext-seq 5\n`,
+        );
+
+        const events: StoreEvent[] = [];
+        const again = await ChainStore.open({ dir, onEvent: (e) => events.push(e) });
+        expect(again.durableSize).toBe(5);
+        expect(again.recovery).toEqual({
+          truncated: sizeAfterFailure > ackedBytes,
+          segment: segPath(0),
+          validBytes: ackedBytes,
+          droppedBytes: sizeAfterFailure - ackedBytes,
+          reason: sizeAfterFailure > ackedBytes ? "rejected-batch" : undefined,
+        });
+        expect(events.some((e) => e.type === "tail-truncated")).toBe(sizeAfterFailure > ackedBytes);
+        expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
+        expect((await stat(segPath(0))).size).toBe(ackedBytes);
+        expect(await readdir(join(dir, "segments"))).not.toContain(`${segmentFileName(0, "seg")}.void`);
+        expect(await again.append(entry(5))).toBe(5);
+        await again.close();
+
+        const third = await ChainStore.open({ dir });
+        expect(third.durableSize).toBe(6);
+        expect(third.recovery.truncated).toBe(false);
+        await third.close();
+      },
+    );
+
+    it("refuses to open, changing nothing, when the marker does not match the acknowledged records", async () => {
+      await failBatch("ftruncate");
+      const seg = await readFile(segPath(0));
+      const marker = await readFile(voidPath(), "utf8");
+      for (const bad of [
+        marker.replace("next-seq 5", "next-seq 6"), // more records than lie before the boundary
+        marker.replace(/valid-bytes (\d+)/, (_m, n: string) => `valid-bytes ${Number(n) - 3}`), // inside a record
+        marker.replace(/valid-bytes (\d+)/, () => `valid-bytes ${seg.length + 100}`), // beyond the file
+        "garbage\n",
+      ]) {
+        await writeFile(voidPath(), bad);
+        const err = await expectCode(ChainStore.open({ dir }), "store.corrupt");
+        expect((err as Error).message, bad).toMatch(/void|acknowledged end/);
+        expect((await readFile(segPath(0))).equals(seg)).toBe(true);
+        expect(await readFile(voidPath(), "utf8")).toBe(bad);
+      }
+    });
+
+    it("refuses a marker for a segment that is not the last one", async () => {
+      const store = await ChainStore.open({ dir, segmentMaxBytes: 1000 });
+      for (let i = 0; i < 5; i++) await store.append(entry(i, 400));
+      await store.close();
+      await writeFile(
+        voidPath(),
+        `cmcp-chain-void 1\nsegment ${segmentFileName(0, "seg")}\nvalid-bytes 420\nnext-seq 1\n`,
+      );
+      await expectCode(ChainStore.open({ dir, segmentMaxBytes: 1000 }), "store.corrupt");
+    });
+
+    it("says so in the failure when neither the cut nor the marker could be written", async () => {
+      let inject = false;
+      const base = observingIo([], {
+        beforeFsync: (h) => {
+          if (inject) throw osError("EIO", `fsync ${h.path}`);
+        },
+      });
+      const io: StoreIo = {
+        ...base,
+        ftruncate: async (h, length) => {
+          if (inject) throw osError("EIO", "ftruncate");
+          await base.ftruncate(h, length);
+        },
+      };
+      const store = await ChainStore.open({ dir, io });
+      await acknowledged(store, 2);
+      inject = true;
+      const err = await expectCode(store.append(entry(9)), "store.failed");
+      expect((err as Error).message).toContain(`rejected records may remain in ${segPath(0)}`);
+      await store.close();
+      expect((await readdir(join(dir, "segments"))).filter((n) => !/^\d{20}\.(seg|idx)$/.test(n))).toEqual(
+        [],
+      );
+    });
   });
 
   it("fails when a new segment cannot be created and keeps earlier segments intact", async () => {

@@ -81,7 +81,8 @@ describe("data directory lock in one process", () => {
     const results = await Promise.allSettled(Array.from({ length: 8 }, () => acquireDataDirLock(data)));
     const won = results.filter((r) => r.status === "fulfilled");
     expect(won).toHaveLength(1);
-    for (const r of results) if (r.status === "rejected") expect(isCmcpError(r.reason, "chain.locked")).toBe(true);
+    for (const r of results)
+      if (r.status === "rejected") expect(isCmcpError(r.reason, "chain.locked")).toBe(true);
     await (won[0] as PromiseFulfilledResult<() => Promise<void>>).value();
   });
 
@@ -221,7 +222,17 @@ interface Contender {
 function startContender(base: string): Contender {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", "--input-type=module", "-e", CHILD, LOCK_MODULE, base, String(ROUNDS), String(SPACING_MS)],
+    [
+      "--import",
+      "tsx",
+      "--input-type=module",
+      "-e",
+      CHILD,
+      LOCK_MODULE,
+      base,
+      String(ROUNDS),
+      String(SPACING_MS),
+    ],
     { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "inherit"] },
   );
   const queue: string[] = [];

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -11,6 +11,7 @@ let dir: string;
 
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), "cmcp-start-"));
+  await chmod(dir, 0o711); // the unprivileged runtime must reach its state directory inside
 });
 afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -37,7 +38,7 @@ describe("cmcp start", () => {
   it("starts an epoch, and on SIGTERM writes a final checkpoint and exits 0", async () => {
     const data = join(dir, "data");
     for (let i = 0; i < 2; i++) {
-      const g = startGovernor(["--data-dir", data]);
+      const g = startGovernor(["--data-dir", data, "--listen", "127.0.0.1:0"]);
       await g.started;
       expect(g.stderr()).toMatch(/NOT hardware-backed/);
       g.child.kill("SIGTERM");
@@ -49,6 +50,17 @@ describe("cmcp start", () => {
     const report = await verifyBundleFile(out, { allowUnanchored: true });
     expect(report.ok).toBe(true);
     expect(report.counts.epochs).toBe(2);
+  });
+
+  it("refuses, with a clear error, a data directory the runtime user could not reach", async () => {
+    const hidden = await mkdtemp(join(tmpdir(), "cmcp-hidden-"));
+    try {
+      const g = startGovernor(["--data-dir", join(hidden, "data"), "--listen", "127.0.0.1:0"]);
+      expect(await g.exited).toBe(2);
+      expect(g.stderr()).toMatch(/runtime user cmcp-runtime cannot enter/);
+    } finally {
+      await rm(hidden, { recursive: true, force: true });
+    }
   });
 
   it("refuses an invalid config with a clear error and exit 2", async () => {

@@ -1,0 +1,154 @@
+/**
+ * The local admin interface: a Unix socket in the data directory, mode 0600,
+ * so only the governor's own user (root on these machines) can reach it; the
+ * runtime user cannot. One request per connection, a JSON line; the reply is
+ * a JSON line, followed for `export` by the bundle's bytes.
+ */
+import { createReadStream } from "node:fs";
+import { chmod, mkdtemp, rm, stat, unlink } from "node:fs/promises";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import { CmcpError, isCmcpError } from "../artifacts/errors.js";
+import { parseJson } from "../artifacts/strict-json.js";
+import { exportFromSource, liveSource } from "./export-bundle.js";
+import type { Gateway } from "./gateway.js";
+
+export const ADMIN_SOCKET = "admin.sock";
+/** A request is one short JSON line; anything longer is not a request. */
+const MAX_REQUEST_BYTES = 64 * 1024;
+
+type AdminRequest = { cmd: "status" } | { cmd: "export" };
+
+export class AdminServer {
+  readonly path: string;
+  readonly #server: Server;
+  readonly #gateway: Gateway;
+
+  private constructor(path: string, server: Server, gateway: Gateway) {
+    this.path = path;
+    this.#server = server;
+    this.#gateway = gateway;
+  }
+
+  static async start(gateway: Gateway, dataDir: string): Promise<AdminServer> {
+    const path = join(dataDir, ADMIN_SOCKET);
+    // A socket file left by a crashed governor; the data-dir lock guarantees no live one owns it.
+    await unlink(path).catch(() => undefined);
+    const server = createServer();
+    const admin = new AdminServer(path, server, gateway);
+    server.on("connection", (socket) => admin.#serve(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      // Created under a 0177 umask-equivalent: chmod right after listen, before any client can know the path is ready.
+      server.listen(path, () => resolve());
+    });
+    await chmod(path, 0o600);
+    return admin;
+  }
+
+  #serve(socket: Socket): void {
+    let buf = "";
+    socket.setEncoding("utf8");
+    socket.setTimeout(10_000, () => socket.destroy());
+    const onData = (chunk: string) => {
+      buf += chunk;
+      if (buf.length > MAX_REQUEST_BYTES) {
+        socket.end(`${JSON.stringify({ ok: false, error: "request too large" })}\n`);
+        return;
+      }
+      const nl = buf.indexOf("\n");
+      if (nl < 0) return;
+      socket.off("data", onData);
+      void this.#handle(socket, buf.slice(0, nl));
+    };
+    socket.on("data", onData);
+    socket.on("error", () => undefined);
+  }
+
+  async #handle(socket: Socket, line: string): Promise<void> {
+    const fail = (error: string): void => void socket.end(`${JSON.stringify({ ok: false, error })}\n`);
+    let req: AdminRequest;
+    try {
+      req = parseJson(line, { maxBytes: MAX_REQUEST_BYTES, maxDepth: 4 }) as AdminRequest;
+    } catch (err) {
+      return fail(`malformed request: ${isCmcpError(err) ? err.message : String(err)}`);
+    }
+    try {
+      if (req?.cmd === "status")
+        return void socket.end(`${JSON.stringify({ ok: true, status: this.#gateway.status() })}\n`);
+      if (req?.cmd === "export") return await this.#export(socket);
+      return fail(`unknown command ${JSON.stringify((req as { cmd?: unknown })?.cmd ?? null).slice(0, 64)}`);
+    } catch (err) {
+      return fail(isCmcpError(err) ? err.message : String(err));
+    }
+  }
+
+  async #export(socket: Socket): Promise<void> {
+    const tmp = await mkdtemp(join(this.#gateway.config.data_dir, ".export-"));
+    try {
+      const file = join(tmp, "bundle.json");
+      const summary = await exportFromSource(await liveSource(this.#gateway.chain), file);
+      const { size } = await stat(file);
+      socket.write(`${JSON.stringify({ ok: true, ...summary, bytes: size })}\n`);
+      await new Promise<void>((resolve, reject) => {
+        const rs = createReadStream(file);
+        rs.on("error", reject);
+        rs.on("end", resolve);
+        rs.pipe(socket, { end: false });
+      });
+      socket.end();
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    await unlink(this.path).catch(() => undefined);
+  }
+}
+
+/** Client side, for `cmcp status` and `cmcp export`. */
+export async function adminRequest(
+  socketPath: string,
+  request: AdminRequest,
+  onBody?: (chunk: Buffer) => void,
+): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(socketPath);
+    let head: Buffer | null = Buffer.alloc(0);
+    let reply: Record<string, unknown> | null = null;
+    socket.on("connect", () => socket.write(`${JSON.stringify(request)}\n`));
+    socket.on("data", (chunk: Buffer) => {
+      if (head === null) return onBody?.(chunk);
+      head = Buffer.concat([head, chunk]);
+      const nl = head.indexOf(0x0a);
+      if (nl < 0) {
+        if (head.length > MAX_REQUEST_BYTES * 16) socket.destroy(new Error("admin reply too long"));
+        return;
+      }
+      try {
+        reply = parseJson(head.subarray(0, nl)) as Record<string, unknown>;
+      } catch (err) {
+        socket.destroy(err as Error);
+        return;
+      }
+      const rest = head.subarray(nl + 1);
+      head = null;
+      if (rest.length > 0) onBody?.(rest);
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => {
+      const why =
+        err.code === "ENOENT" || err.code === "ECONNREFUSED" ? "no governor is running there" : err.message;
+      reject(new CmcpError("admin.unreachable", `cannot reach the admin socket ${socketPath}: ${why}`));
+    });
+    socket.on("close", () => {
+      if (!reply)
+        return reject(
+          new CmcpError("admin.unreachable", "the governor closed the admin connection without a reply"),
+        );
+      if (reply.ok !== true) return reject(new CmcpError("admin.refused", String(reply.error ?? "refused")));
+      resolve(reply);
+    });
+  });
+}
