@@ -247,6 +247,12 @@ describe("gateway decisions", () => {
 });
 
 describe("gateway configuration", () => {
+  it("accepts the example configuration shipped in deploy/", async () => {
+    const config = await loadConfig(join(process.cwd(), "deploy/config.example.json"));
+    expect(config.upstreams.map((u) => u.transport)).toEqual(["stdio", "streamable-http"]);
+    expect(config.mode).toBe("enforcing");
+  });
+
   it("refuses a non-loopback listen address without agent tokens and TLS", async () => {
     const { mkdtemp, writeFile } = await import("node:fs/promises");
     const { tmpdir } = await import("node:os");
