@@ -132,26 +132,30 @@ export class ProxySession {
     if (!spec) return Promise.reject(rpcError(RpcCode.unknownTarget, `no upstream named ${name}`));
     let conn = this.#upstreams.get(name);
     if (!conn) {
-      conn = UpstreamConnection.connect(spec, {
-        clientInfo: { name: "cmcp", version: this.#ctx.version },
-        capabilities: this.#capabilitiesFor(spec),
-        handlers: {
-          onRequest: (method, params, extra) => this.#fromUpstream(spec, method, params, extra.signal),
-          onNotification: (method, params) => void this.#upstreamNotification(spec.name, method, params),
-          onClose: (reason) => {
-            this.#upstreams.delete(name);
-            this.#invalidate();
-            void this.#ctx.gov
-              .upstreamEvent({
-                server: name,
-                session: this.id,
-                event: "disconnected",
-                detail: reason.slice(0, 4000),
-              })
-              .catch(() => undefined);
+      const capabilities = this.#capabilitiesFor(spec);
+      // Connecting sends initialize to the upstream (and spawns a stdio server): decided like any request.
+      conn = this.#decide(name, "initialize", { capabilities }, `connect:${name}`, {}).then(() =>
+        UpstreamConnection.connect(spec, {
+          clientInfo: { name: "cmcp", version: this.#ctx.version },
+          capabilities,
+          handlers: {
+            onRequest: (method, params, extra) => this.#fromUpstream(spec, method, params, extra.signal),
+            onNotification: (method, params) => void this.#upstreamNotification(spec.name, method, params),
+            onClose: (reason) => {
+              this.#upstreams.delete(name);
+              this.#invalidate();
+              void this.#ctx.gov
+                .upstreamEvent({
+                  server: name,
+                  session: this.id,
+                  event: "disconnected",
+                  detail: reason.slice(0, 4000),
+                })
+                .catch(() => undefined);
+            },
           },
-        },
-      });
+        }),
+      );
       this.#upstreams.set(name, conn);
       conn.then(
         (c) =>

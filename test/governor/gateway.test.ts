@@ -184,6 +184,26 @@ describe("gateway decisions", () => {
     }
   });
 
+  it("never connects (or spawns) an upstream the policy denies", async () => {
+    const tg = await startTestGateway({ mode: "enforcing" }, { policy: { deny_servers: ["memory"] } });
+    try {
+      const client = await connectClient(tg.url);
+      const names = (await client.listTools()).tools.map((t) => t.name);
+      expect(names).toContain("echo");
+      expect(names).not.toContain("read_graph");
+      await client.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      const connects = receipts.filter((r) => r.type === "decision" && r.subject.method === "initialize");
+      expect(connects.find((r) => r.subject.server === "memory")?.decision?.outcome).toBe("deny");
+      expect(receipts.some((r) => r.subject.server === "memory" && r.type === "response_inspection")).toBe(
+        false,
+      );
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
   it("advisory mode records the deny but lets the call through", async () => {
     const tg = await startTestGateway({ mode: "advisory" }, { policy: { deny_tools: ["echo"] } });
     try {
