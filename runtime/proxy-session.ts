@@ -10,7 +10,11 @@ import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
 import {
   CallToolRequestSchema,
+  CancelTaskRequestSchema,
   CompleteRequestSchema,
+  GetTaskPayloadRequestSchema,
+  GetTaskRequestSchema,
+  ListTasksRequestSchema,
   GetPromptRequestSchema,
   ListPromptsRequestSchema,
   ListResourcesRequestSchema,
@@ -70,6 +74,8 @@ export class ProxySession {
   #resources: Map<string, string> | null = null;
   #templates: { server: string; template: UriTemplate }[] | null = null;
   #closed = false;
+  /** Which upstream created each task this agent started: tasks/* go back to it. */
+  readonly #tasks = new Map<string, string>();
   onClosed: () => void = () => undefined;
 
   constructor(ctx: SessionContext) {
@@ -86,6 +92,8 @@ export class ProxySession {
           prompts: { listChanged: true },
           logging: {},
           completions: {},
+          // Task-augmented tool calls pass through to upstreams that run them as tasks.
+          tasks: { list: {}, cancel: {}, requests: { tools: { call: {} } } },
         },
         instructions:
           "cmcp gateway: every call is decided by policy and recorded as a signed receipt before it reaches a tool server.",
@@ -434,9 +442,18 @@ export class ProxySession {
         this.#tools = (await this.#aggregate("tools", "tools/list", "tools", extra as Extra)).bindings;
       const b = this.#tools.get(req.params.name);
       if (!b) throw rpcError(RpcCode.unknownTarget, `unknown tool: ${req.params.name.slice(0, 200)}`);
-      return (await this.#forward(b.server, "tools/call", { ...req.params, name: b.name }, extra as Extra, {
-        tool: b.name,
-      })) as never;
+      const result = await this.#forward(
+        b.server,
+        "tools/call",
+        { ...req.params, name: b.name },
+        extra as Extra,
+        {
+          tool: b.name,
+        },
+      );
+      const task = (result as { task?: { taskId?: unknown } }).task;
+      if (typeof task?.taskId === "string") this.#tasks.set(task.taskId, b.server);
+      return result as never;
     });
     s.setRequestHandler(ListPromptsRequestSchema, async (_req, extra) => {
       const { items, bindings } = await this.#aggregate("prompts", "prompts/list", "prompts", extra as Extra);
@@ -510,6 +527,48 @@ export class ProxySession {
         server = await this.#serverForUri(String(ref.uri), extra as Extra);
       }
       return (await this.#forward(server, "completion/complete", params, extra as Extra)) as never;
+    });
+    const taskServer = (taskId: string) => {
+      const server = this.#tasks.get(taskId);
+      if (!server) throw rpcError(RpcCode.unknownTarget, `unknown task: ${taskId.slice(0, 200)}`);
+      return server;
+    };
+    s.setRequestHandler(GetTaskRequestSchema, async (req, extra) => {
+      return (await this.#forward(
+        taskServer(req.params.taskId),
+        "tasks/get",
+        req.params as Json,
+        extra as Extra,
+      )) as never;
+    });
+    s.setRequestHandler(GetTaskPayloadRequestSchema, async (req, extra) => {
+      return (await this.#forward(
+        taskServer(req.params.taskId),
+        "tasks/result",
+        req.params as Json,
+        extra as Extra,
+      )) as never;
+    });
+    s.setRequestHandler(CancelTaskRequestSchema, async (req, extra) => {
+      return (await this.#forward(
+        taskServer(req.params.taskId),
+        "tasks/cancel",
+        req.params as Json,
+        extra as Extra,
+      )) as never;
+    });
+    s.setRequestHandler(ListTasksRequestSchema, async (_req, extra) => {
+      const names = [...this.#specs.keys()];
+      const conns = await Promise.allSettled(names.map((n) => this.#upstream(n)));
+      const servers = names.filter((_, i) => {
+        const c = conns[i]!;
+        return c.status === "fulfilled" && c.value.serverCapabilities?.tasks?.list !== undefined;
+      });
+      const tasks: Json[] = [];
+      for (const sv of servers)
+        tasks.push(...(await this.#listAll(sv, "tasks/list", "tasks", extra as Extra).catch(() => [])));
+      // Only this session's tasks: an upstream shared by sessions must not reveal another agent's work.
+      return { tasks: tasks.filter((t) => this.#tasks.has(String(t.taskId))) } as never;
     });
     s.setRequestHandler(SetLevelRequestSchema, async (req, extra) => {
       const servers = await this.#serversWith("logging");

@@ -2,7 +2,11 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import {
+  CallToolResultSchema,
   CreateMessageRequestSchema,
+  CreateTaskResultSchema,
+  GetTaskResultSchema,
+  ListTasksResultSchema,
   ElicitRequestSchema,
   LoggingMessageNotificationSchema,
   type Tool,
@@ -130,6 +134,32 @@ describe("gateway passthrough with real peers", () => {
     await call("toggle-simulated-logging");
     expect(logs.length).toBeGreaterThan(0);
     expect(await client.ping()).toEqual({});
+  });
+
+  it("passes task-augmented tool calls and tasks/* through to the upstream that runs the task", async () => {
+    calls.push("simulate-research-query");
+    const created = await client.request(
+      {
+        method: "tools/call",
+        params: { name: "simulate-research-query", arguments: { topic: "receipts" }, task: { ttl: 60_000 } },
+      },
+      CreateTaskResultSchema,
+    );
+    const taskId = created.task.taskId;
+    let status = created.task.status;
+    for (let i = 0; i < 100 && status !== "completed" && status !== "failed"; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      status = (await client.request({ method: "tasks/get", params: { taskId } }, GetTaskResultSchema))
+        .status;
+    }
+    expect(status).toBe("completed");
+    const result = await client.request({ method: "tasks/result", params: { taskId } }, CallToolResultSchema);
+    expect(JSON.stringify(result)).toContain("receipts");
+    const listed = await client.request({ method: "tasks/list", params: {} }, ListTasksResultSchema);
+    expect(listed.tasks.map((t) => t.taskId)).toContain(taskId);
+    await expect(
+      client.request({ method: "tasks/get", params: { taskId: "not-a-task" } }, GetTaskResultSchema),
+    ).rejects.toMatchObject({ code: -32602 });
   });
 
   it("leaves one decision receipt per forwarded tool call and an evidence bundle that verifies", async () => {
