@@ -21,6 +21,7 @@ import { isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import type { GovernorClient, RuntimeConfig } from "../governor/boundary.js";
 import { ProxySession } from "./proxy-session.js";
+import { UpstreamPool } from "./upstream-pool.js";
 
 /** Slow clients get this long to send their headers and body; then the socket is closed. */
 const HEADERS_TIMEOUT_MS = 10_000;
@@ -69,6 +70,7 @@ export class AgentServer {
   readonly #http: HttpServer;
   readonly #sessions = new Map<string, Entry>();
   readonly #tokens: { name: string; hash: Buffer }[];
+  readonly #pool: UpstreamPool;
   #allowedHosts = new Set<string>();
   #allowedOrigins = new Set<string>();
   #draining = false;
@@ -80,6 +82,7 @@ export class AgentServer {
       name: a.name,
       hash: Buffer.from(a.token_sha256, "hex"),
     }));
+    this.#pool = new UpstreamPool(opts.version, opts.log);
     const handler = (req: IncomingMessage, res: ServerResponse) => {
       this.#handle(req, res).catch((err: unknown) => {
         opts.log(`request failed: ${(err as Error).message}`);
@@ -131,6 +134,7 @@ export class AgentServer {
       [...this.#sessions.values()].map((e) => e.session.close("gateway shutting down")),
     );
     this.#http.closeAllConnections();
+    await this.#pool.close();
     clearInterval(this.#sweeper);
   }
 
@@ -234,6 +238,7 @@ export class AgentServer {
       gov: this.#opts.gov,
       log: this.#opts.log,
       version: this.#opts.version,
+      pool: this.#pool,
     });
   }
 

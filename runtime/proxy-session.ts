@@ -32,6 +32,7 @@ import {
 import type { GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
 import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
 import { UpstreamConnection } from "./upstream-connector.js";
+import type { UpstreamPool } from "./upstream-pool.js";
 
 type Json = Record<string, unknown>;
 type Extra = {
@@ -49,6 +50,8 @@ export interface SessionContext {
   gov: GovernorClient;
   log: (line: string) => void;
   version: string;
+  /** Shared connections for upstreams configured as stateless. */
+  pool: UpstreamPool;
 }
 
 /** Pages fetched per upstream list call before the listing is treated as hostile. */
@@ -74,6 +77,7 @@ export class ProxySession {
   #resources: Map<string, string> | null = null;
   #templates: { server: string; template: UriTemplate }[] | null = null;
   #closed = false;
+  #unsubscribe: () => void = () => undefined;
   /** Which upstream created each task this agent started: tasks/* go back to it. */
   readonly #tasks = new Map<string, string>();
   onClosed: () => void = () => undefined;
@@ -102,6 +106,16 @@ export class ProxySession {
     this.#registerHandlers();
     this.server.oninitialized = () => void this.#open().catch(() => undefined);
     this.server.onclose = () => void this.close("agent transport closed");
+    this.#unsubscribe = ctx.pool.subscribe({
+      onListChanged: (server, method) => {
+        this.#invalidate();
+        void this.server.notification({ method } as never).catch(() => undefined);
+        void ctx.gov
+          .upstreamEvent({ server, session: this.id, event: "list_changed", detail: method })
+          .catch(() => undefined);
+      },
+      onDisconnected: () => this.#invalidate(),
+    });
   }
 
   connect(transport: Transport): Promise<void> {
@@ -139,6 +153,14 @@ export class ProxySession {
     const spec = this.#specs.get(name);
     if (!spec) return Promise.reject(rpcError(RpcCode.unknownTarget, `no upstream named ${name}`));
     let conn = this.#upstreams.get(name);
+    if (!conn && spec.stateless) {
+      // Deciding the connect per session keeps "nothing reaches an upstream undecided" true for pooled ones too.
+      conn = this.#decide(name, "initialize", { pooled: true }, `connect:${name}`, {}).then(() =>
+        this.#ctx.pool.get(spec),
+      );
+      // Not cached: the pool owns the connection and reconnects it; each session re-asks, which is cheap.
+      return conn;
+    }
     if (!conn) {
       const capabilities = this.#capabilitiesFor(spec);
       // Connecting sends initialize to the upstream (and spawns a stdio server): decided like any request.
@@ -628,6 +650,7 @@ export class ProxySession {
   async close(reason: string): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unsubscribe();
     const conns = [...this.#upstreams.values()];
     this.#upstreams.clear();
     await Promise.allSettled(conns.map((p) => p.then((c) => c.close())));

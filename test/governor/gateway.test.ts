@@ -296,6 +296,53 @@ describe("gateway decisions", () => {
   });
 });
 
+describe("upstream connections", () => {
+  async function childrenRunning(ppid: number, marker: string): Promise<number> {
+    const { readdir: list, readFile: read } = await import("node:fs/promises");
+    let n = 0;
+    for (const pid of await list("/proc")) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        const stat = await read(`/proc/${pid}/stat`, "utf8");
+        const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+        if (parent === ppid && (await read(`/proc/${pid}/cmdline`, "utf8")).includes(marker)) n++;
+      } catch {
+        // the process ended meanwhile
+      }
+    }
+    return n;
+  }
+
+  it("gives each agent session its own stdio upstream, and shares one for upstreams marked stateless", async () => {
+    const memory = join(process.cwd(), "node_modules/@modelcontextprotocol/server-memory/dist/index.js");
+    const everything = join(
+      process.cwd(),
+      "node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+    );
+    const tg = await startTestGateway({
+      upstreams: [
+        { name: "memory", transport: "stdio", command: process.execPath, args: [memory], stateless: true },
+        { name: "everything", transport: "stdio", command: process.execPath, args: [everything, "stdio"] },
+      ],
+    });
+    try {
+      const a = await connectClient(tg.url);
+      const b = await connectClient(tg.url);
+      for (const c of [a, b]) {
+        expect(await c.callTool({ name: "read_graph", arguments: {} })).toHaveProperty("content");
+        expect(await c.callTool({ name: "echo", arguments: { message: "x" } })).toHaveProperty("content");
+      }
+      const pid = tg.gateway.runtimePid!;
+      expect(await childrenRunning(pid, "server-memory")).toBe(1);
+      expect(await childrenRunning(pid, "server-everything")).toBe(2);
+      await a.close();
+      await b.close();
+    } finally {
+      await tg.cleanup();
+    }
+  });
+});
+
 describe("gateway configuration", () => {
   it("accepts the example configuration shipped in deploy/", async () => {
     const config = await loadConfig(join(process.cwd(), "deploy/config.example.json"));
