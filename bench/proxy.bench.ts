@@ -27,7 +27,7 @@
  * PROXY_BENCH_MCP_PROXY_BIN (another mcp-proxy CLI to compare).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdir } from "node:fs/promises";
 import { connect as tcpConnect } from "node:net";
 import { availableParallelism, loadavg } from "node:os";
@@ -194,8 +194,12 @@ async function stopProc(p: Proc): Promise<void> {
   await Promise.race([p.exited, new Promise((r) => setTimeout(r, 2000).unref())]);
 }
 
-async function stopAll(): Promise<void> {
-  await Promise.allSettled(procs.splice(0).map((p) => stopProc(p)));
+let stoppingAll: Promise<void> | null = null;
+
+/** Stops every process still running; concurrent calls (end of run, signal) share one stop. */
+function stopAll(): Promise<void> {
+  stoppingAll ??= Promise.allSettled(procs.splice(0).map((p) => stopProc(p))).then(() => undefined);
+  return stoppingAll;
 }
 
 let interrupted = false;
@@ -316,6 +320,9 @@ interface PathResult {
   label: string;
   seq: Stats;
   conc: Stats;
+  /** Server-side CPU per measured call, ms. */
+  cpuSeq: CpuSplit;
+  cpuConc: CpuSplit;
   notes: string[];
 }
 
@@ -328,10 +335,75 @@ interface Target {
   stop: (p: Proc) => Promise<string[]>;
   one: Caller | null;
   callers: Caller[];
+  /** Process group of a separate upstream server (the HTTP echo server), if any. */
+  upstreamGroup: number | null;
   seqLat: number[];
   seqMs: number;
   concLat: number[];
   concMs: number;
+  /** CPU time (ms) the proxy's processes and the echo server(s) used during the measured calls. */
+  cpu: { seq: CpuSplit; conc: CpuSplit };
+}
+
+/** CPU ms: the proxy's processes (of which cmcp's governor process), and the echo server's. */
+type CpuSplit = { proxy: number; governor: number; upstream: number };
+const noCpu = (): CpuSplit => ({ proxy: 0, governor: 0, upstream: 0 });
+
+const CLOCK_TICK_MS = 10; // USER_HZ is 100 on Linux
+
+/** The script a `node [flags] script args...` command line runs. */
+function nodeScript(argv: string[]): string | undefined {
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--import" || a === "--require" || a === "-r") i++;
+    else if (!a.startsWith("-")) return a;
+  }
+  return undefined;
+}
+
+/**
+ * CPU time (ms) used so far by the live processes of some process groups, from /proc; the
+ * processes that run the echo server count as upstream. Linux only; elsewhere 0.
+ */
+function groupCpu(groups: number[]): CpuSplit {
+  const out = noCpu();
+  let pids: string[];
+  try {
+    pids = readdirSync("/proc").filter((d) => /^\d+$/.test(d));
+  } catch {
+    return out;
+  }
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (!groups.includes(Number(f[2]))) continue;
+      const ms = (Number(f[11]) + Number(f[12])) * CLOCK_TICK_MS;
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      const script = nodeScript(argv);
+      if (script === echoServer) out.upstream += ms;
+      else out.proxy += ms;
+      if (script === cmcpGateway) out.governor += ms;
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
+
+function targetGroups(t: Target): number[] {
+  return [t.proc?.child.pid, t.upstreamGroup ?? undefined].filter((x): x is number => x !== undefined);
+}
+
+/** Runs fn and adds the CPU time the path's server processes used meanwhile. */
+async function withCpu(t: Target, into: CpuSplit, fn: () => Promise<void>): Promise<void> {
+  const groups = targetGroups(t);
+  const a = groupCpu(groups);
+  await fn();
+  const b = groupCpu(groups);
+  into.proxy += b.proxy - a.proxy;
+  into.governor += b.governor - a.governor;
+  into.upstream += b.upstream - a.upstream;
 }
 
 /** Opens the sequential caller and the concurrent callers of a path, and warms them up. */
@@ -357,24 +429,34 @@ async function prepare(t: Target): Promise<void> {
 
 /** `n` calls, one at a time, from the path's sequential caller. */
 async function sequentialChunk(t: Target, n: number): Promise<void> {
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) t.seqLat.push(await echo(t.one!, i));
-  t.seqMs += performance.now() - t0;
+  await withCpu(t, t.cpu.seq, async () => {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) t.seqLat.push(await echo(t.one!, i));
+    t.seqMs += performance.now() - t0;
+  });
 }
 
 /** `n` calls spread over the path's concurrent callers, all calling at once. */
 async function concurrentChunk(t: Target, n: number): Promise<void> {
   const per = Math.floor(n / t.callers.length);
   const extra = n - per * t.callers.length;
-  const t0 = performance.now();
-  await Promise.all(
-    t.callers.map(async (caller, c) => {
-      const k = per + (c < extra ? 1 : 0);
-      for (let i = 0; i < k; i++) t.concLat.push(await echo(caller, i));
-    }),
-  );
-  t.concMs += performance.now() - t0;
+  await withCpu(t, t.cpu.conc, async () => {
+    const t0 = performance.now();
+    await Promise.all(
+      t.callers.map(async (caller, c) => {
+        const k = per + (c < extra ? 1 : 0);
+        for (let i = 0; i < k; i++) t.concLat.push(await echo(caller, i));
+      }),
+    );
+    t.concMs += performance.now() - t0;
+  });
 }
+
+const perCall = (c: CpuSplit, n: number): CpuSplit => ({
+  proxy: c.proxy / n,
+  governor: c.governor / n,
+  upstream: c.upstream / n,
+});
 
 /** Splits `total` into `parts` near-equal integers. */
 const split = (total: number, parts: number) =>
@@ -412,13 +494,26 @@ function printTable(results: PathResult[]): void {
     `${"".padEnd(34)} ${"ms".padStart(8)} ${"ms".padStart(8)} ${"".padStart(8)}  ${"ms".padStart(8)} ${"ms".padStart(8)}`,
   );
   for (const r of results) {
-    const vs =
-      base && r !== base
+    const vs = !base
+      ? ""
+      : r !== base
         ? `${(r.seq.p50 / base.seq.p50).toFixed(2)}x`.padStart(10) +
           ` ${`${(r.seq.callsPerSec / base.seq.callsPerSec).toFixed(2)}x / ${(r.conc.callsPerSec / base.conc.callsPerSec).toFixed(2)}x`.padStart(16)}`
-        : `${"baseline".padStart(10)} ${"seq / 16x".padStart(16)}`;
+        : `${"baseline".padStart(10)} ${`seq / ${CALLERS}x`.padStart(16)}`;
     line(
       `${`(${r.id}) ${r.label}`.padEnd(34)} ${ms(r.seq.p50).padStart(8)} ${ms(r.seq.p99).padStart(8)} ${int(r.seq.callsPerSec).padStart(8)}  ${ms(r.conc.p50).padStart(8)} ${ms(r.conc.p99).padStart(8)} ${int(r.conc.callsPerSec).padStart(8)}  ${vs}`,
+    );
+  }
+  line(
+    `\n## Server-side CPU per call, ms (from /proc): the proxy's processes (cmcp: of which its governor), and the echo server's`,
+  );
+  line(
+    `${"path".padEnd(34)} ${"seq proxy".padStart(10)} ${"(governor)".padStart(10)} ${"seq echo".padStart(9)}  ${`${CALLERS}x proxy`.padStart(10)} ${"(governor)".padStart(10)} ${`${CALLERS}x echo`.padStart(9)}`,
+  );
+  const gv = (c: CpuSplit) => (c.governor > 0 ? `(${ms(c.governor)})` : "");
+  for (const r of results) {
+    line(
+      `${`(${r.id}) ${r.label}`.padEnd(34)} ${ms(r.cpuSeq.proxy).padStart(10)} ${gv(r.cpuSeq).padStart(10)} ${ms(r.cpuSeq.upstream).padStart(9)}  ${ms(r.cpuConc.proxy).padStart(10)} ${gv(r.cpuConc).padStart(10)} ${ms(r.cpuConc.upstream).padStart(9)}`,
     );
   }
   const get = (id: number) => results.find((r) => r.id === id);
@@ -430,7 +525,7 @@ function printTable(results: PathResult[]): void {
     );
   if (relay && gov) {
     line(
-      `governance, cmcp minus bare relay (3)-(2): p50 ${signed(gov.seq.p50 - relay.seq.p50)}, p99 ${signed(gov.seq.p99 - relay.seq.p99)} sequential; p50 ${signed(gov.conc.p50 - relay.conc.p50)}, p99 ${signed(gov.conc.p99 - relay.conc.p99)} with ${CALLERS} callers; calls/s ${(gov.conc.callsPerSec / relay.conc.callsPerSec).toFixed(2)}x of the relay`,
+      `governance, cmcp minus bare relay (3)-(2): p50 ${signed(gov.seq.p50 - relay.seq.p50)}, p99 ${signed(gov.seq.p99 - relay.seq.p99)} sequential; p50 ${signed(gov.conc.p50 - relay.conc.p50)}, p99 ${signed(gov.conc.p99 - relay.conc.p99)} with ${CALLERS} callers; calls/s ${(gov.conc.callsPerSec / relay.conc.callsPerSec).toFixed(2)}x of the relay; proxy CPU ${signed(gov.cpuSeq.proxy - relay.cpuSeq.proxy)}/call sequential, ${signed(gov.cpuConc.proxy - relay.cpuConc.proxy)}/call with ${CALLERS} callers`,
     );
   }
   if (d && gov)
@@ -483,6 +578,7 @@ function target(
   id: number,
   label: string,
   started: { proc: Proc | null; url: string },
+  upstreamGroup: number | null,
   stop: (p: Proc) => Promise<string[]> = async (p) => {
     await stopOne(p);
     return [];
@@ -493,6 +589,8 @@ function target(
     label,
     ...started,
     stop,
+    upstreamGroup,
+    cpu: { seq: noCpu(), conc: noCpu() },
     one: null,
     callers: [],
     seqLat: [],
@@ -524,17 +622,19 @@ try {
   // visit the paths in rotating order, so a change of background load hits them all alike.
   if ([1, 2, 3].some((id) => PATHS.has(id))) {
     const upstream = await startEchoHttp();
-    if (PATHS.has(1)) target(1, "direct, HTTP upstream", { proc: null, url: upstream.url });
-    if (PATHS.has(2)) target(2, "bare SDK relay -> HTTP", await startBareRelay(upstream.url));
+    const group = upstream.proc.child.pid ?? null;
+    if (PATHS.has(1)) target(1, "direct, HTTP upstream", { proc: null, url: upstream.url }, group);
+    if (PATHS.has(2)) target(2, "bare SDK relay -> HTTP", await startBareRelay(upstream.url), group);
     if (PATHS.has(3))
       target(
         3,
         "cmcp enforcing -> HTTP",
         await startCmcp("cmcp-http", { name: "echo", transport: "streamable-http", url: upstream.url }),
+        group,
         stopCmcp,
       );
   }
-  if (PATHS.has(4)) target(4, "mcp-proxy -> stdio", await startMcpProxy());
+  if (PATHS.has(4)) target(4, "mcp-proxy -> stdio", await startMcpProxy(), null);
   if (PATHS.has(5))
     target(
       5,
@@ -545,6 +645,7 @@ try {
         command: stdioEcho[0]!,
         args: stdioEcho.slice(1),
       }),
+      null,
       stopCmcp,
     );
   for (const t of targets) {
@@ -576,11 +677,18 @@ try {
       label: t.label,
       seq: stats(t.seqLat, t.seqMs),
       conc: stats(t.concLat, t.concMs),
+      cpuSeq: perCall(t.cpu.seq, t.seqLat.length),
+      cpuConc: perCall(t.cpu.conc, t.concLat.length),
       notes,
     });
   }
   printTable(results);
+} catch (err) {
+  // Calls cut short by Ctrl-C fail; that is not an error of the run.
+  if (!interrupted) process.exitCode = 1;
+  if (!interrupted) console.error(err);
 } finally {
-  await closeCallers();
+  if (!interrupted) await closeCallers();
   await stopAll();
+  if (interrupted) process.exit(130);
 }
