@@ -685,6 +685,10 @@ export class GovernorClient {
     const deadline = timeoutMs ?? this.#timeoutMs;
     if (this.#closed) return Promise.reject(this.#closed);
     const id = this.#nextId++;
+    // A body the governor would treat as a violation fails this one call instead of ending the runtime.
+    const v = validators[type].request;
+    if (!v(body))
+      return Promise.reject(new CmcpError("boundary.schema", `${type} request: ${schemaError(v)}`));
     let frame: Buffer;
     try {
       frame = encode([REQUEST, id, type, body], BOUNDARY[type].maxBytes);

@@ -187,14 +187,21 @@ export class AgentServer {
     }
     const chunks: Buffer[] = [];
     let size = 0;
+    // An oversized body is read to its end and discarded (up to a hard cap), then answered with 413:
+    // clients send the whole body before reading, so answering early would reach them as a reset.
+    const cap = max * 16 + 1024 * 1024;
     for await (const chunk of req) {
       size += (chunk as Buffer).length;
-      if (size > max) {
-        rpcFailure(res, 413, -32600, `request body exceeds ${max} bytes`);
+      if (size <= max) chunks.push(chunk as Buffer);
+      else if (size > cap) {
+        rpcFailure(res, 413, -32600, `request body exceeds ${max} bytes`, { connection: "close" });
         req.destroy();
         return undefined;
       }
-      chunks.push(chunk as Buffer);
+    }
+    if (size > max) {
+      rpcFailure(res, 413, -32600, `request body exceeds ${max} bytes`);
+      return undefined;
     }
     try {
       return parseJson(Buffer.concat(chunks), { maxBytes: max, maxDepth: 64 });
@@ -274,6 +281,16 @@ export class AgentServer {
     });
     session.onClosed = () => this.#sessions.delete(id);
     await session.connect(transport);
+    // The SDK sends no response to a cancelled request and would keep its POST stream open until the
+    // session ends; end that stream so cancelled calls do not pin connections.
+    const deliver = transport.onmessage;
+    transport.onmessage = (msg, extra) => {
+      deliver?.(msg, extra);
+      if ("method" in msg && msg.method === "notifications/cancelled") {
+        const rid = (msg.params as { requestId?: string | number } | undefined)?.requestId;
+        if (rid !== undefined) queueMicrotask(() => transport.closeSSEStream(rid));
+      }
+    };
     await transport.handleRequest(req, res, body);
   }
 

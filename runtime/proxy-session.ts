@@ -56,6 +56,16 @@ export interface SessionContext {
 
 /** Pages fetched per upstream list call before the listing is treated as hostile. */
 const MAX_LIST_PAGES = 100;
+/** Items per upstream reported to the governor (the boundary's limit). */
+const MAX_CATALOG_ITEMS = 10_000;
+/** Longer tool and prompt names are not exposed: receipts and the boundary cap names at this length. */
+const MAX_NAME_LENGTH = 1024;
+
+/** A JSON-RPC id as receipts name it: never empty (an id of "" is legal JSON-RPC). */
+function requestLabel(id: RequestId): string {
+  const text = String(id);
+  return text === "" ? '""' : text.slice(0, 1024);
+}
 
 interface Binding {
   server: string;
@@ -230,7 +240,7 @@ export class ProxySession {
       agent: this.agent,
       server,
       method,
-      request_id: String(requestId).slice(0, 1024),
+      request_id: requestLabel(requestId),
       ...(target.tool !== undefined ? { tool: target.tool } : {}),
       ...(target.resource !== undefined ? { resource: target.resource.slice(0, 1024) } : {}),
       ...(target.prompt !== undefined ? { prompt: target.prompt } : {}),
@@ -259,7 +269,7 @@ export class ProxySession {
       session: this.id,
       server,
       method,
-      ...(requestId !== undefined ? { request_id: String(requestId).slice(0, 1024) } : {}),
+      ...(requestId !== undefined ? { request_id: requestLabel(requestId) } : {}),
       kind,
       payload: payload ?? null,
     });
@@ -386,6 +396,12 @@ export class ProxySession {
     for (const { server, items } of lists) {
       for (const it of items) {
         const name = String(it.name);
+        if (name.length === 0 || name.length + server.length + 1 > MAX_NAME_LENGTH) {
+          this.#ctx.log(
+            `upstream ${server} offers a ${key.slice(0, -1)} with an empty or over-long name; not exposed`,
+          );
+          continue;
+        }
         if ((count.get(name) ?? 0) > 1) {
           void this.#ctx.gov
             .upstreamEvent({
@@ -406,7 +422,7 @@ export class ProxySession {
       }
       if (key === "tools") {
         void this.#ctx.gov
-          .catalogObserved({ server, tools: items, resources: [], prompts: [] })
+          .catalogObserved({ server, tools: items.slice(0, MAX_CATALOG_ITEMS), resources: [], prompts: [] })
           .catch(() => undefined);
       }
     }

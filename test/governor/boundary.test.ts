@@ -561,8 +561,7 @@ describe("GovernorClient: a silent or absent governor fails every call closed", 
     await within(expect(pending).rejects.toMatchObject({ code: "governor.bad-reply" }), 10_000, "pending");
   });
 
-  // BUG (governor/boundary.ts, GovernorClient#onFrame): the reply is validated against the type the
-  // reply frame names, not the type of the pending call, so a decide call resolves with a hello body.
+  // A reply is checked against the type of the pending call, not the type the reply frame names.
   it("a reply of another type than the call is refused as governor.bad-reply", async () => {
     const { gov, rt } = await socketPair();
     gov.on("data", () => undefined);
