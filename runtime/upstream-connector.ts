@@ -29,6 +29,7 @@ import type {
   ServerCapabilities,
 } from "@modelcontextprotocol/sdk/types.js";
 import { CmcpError } from "../artifacts/errors.js";
+import type { UpstreamSpec } from "../governor/boundary.js";
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_CALL_TIMEOUT_MS = 55_000;
@@ -39,21 +40,8 @@ export const DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024;
 const SDK_TIMER_PARKED_MS = 2_147_483_647;
 const CLOSE_SESSION_GRACE_MS = 1_000;
 
-export interface UpstreamConfig {
-  name: string;
-  transport: "stdio" | "streamable-http" | "sse";
-  command?: string;
-  args?: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  url?: string;
-  headers?: Record<string, string>;
-  connectTimeoutMs?: number;
-  callTimeoutMs?: number;
-  maxResponseBytes?: number;
-  /** Sessions hold no state, so a pool may reconnect transparently. Informational here. */
-  stateless?: boolean;
-}
+/** One upstream as the governor configured it: the boundary table's definition is the only one. */
+export type UpstreamConfig = UpstreamSpec;
 
 export interface UpstreamHandlers {
   /** Server→client requests (sampling/createMessage, elicitation/create, roots/list, anything else). */
