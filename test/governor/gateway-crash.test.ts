@@ -119,7 +119,10 @@ async function exportReceipts(tg: { dir: string; dataDir: string; signer: { keyI
 const text = (r: unknown) => ((r as { content?: { type: string; text?: string }[] }).content ?? [])[0]?.text;
 
 async function echo(client: Client, message: string): Promise<string | undefined> {
-  return text(await client.callTool({ name: "echo", arguments: { message } }));
+  // Bounded: a call into a dead gateway must fail, not wait out the SDK's 60 s default.
+  return text(
+    await client.callTool({ name: "echo", arguments: { message } }, undefined, { timeout: 15_000 }),
+  );
 }
 
 describe("runtime crash", () => {
@@ -303,7 +306,7 @@ describe("governor crash", () => {
     // Upstream children of the runtime do not outlive it either.
     await waitFor(() => tree.every((p) => !alive(p)), `the runtime's children (${tree.join(", ")}) to exit`);
     expect(stderr).toMatch(/governor gone/);
-  });
+  }, 180_000);
 });
 
 /** The encodings a leaked seed would take in memory or files: raw, hex, base64, base64url. */
