@@ -57,6 +57,7 @@ export class Gateway {
   readonly #sessions = new Map<string, { agent: string }>();
   readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
   #endpoint: string | null = null;
+  #boundPort: number | null = null;
   #admin: AdminServer | null = null;
   #endpointWaiters: ((url: string) => void)[] = [];
   #draining = false;
@@ -226,7 +227,7 @@ export class Gateway {
       ? { cert: await readFile(c.tls.cert_file, "utf8"), key: await readFile(c.tls.key_file, "utf8") }
       : undefined;
     return {
-      listen: c.listen,
+      listen: { host: c.listen.host, port: this.#boundPort ?? c.listen.port },
       ...(tls ? { tls } : {}),
       agents: c.agents,
       upstreams: c.upstreams,
@@ -244,8 +245,10 @@ export class Gateway {
   #handlers(): Handlers {
     return {
       hello: async () => ({ config: await this.#runtimeConfig() }),
-      listening: async ({ url }) => {
+      listening: async ({ url, port }) => {
         this.#endpoint = url;
+        // A restarted runtime binds the same port, so agents reconnect to the same URL even with port 0.
+        this.#boundPort ??= port;
         for (const w of this.#endpointWaiters.splice(0)) w(url);
         return { ok: true };
       },
