@@ -230,7 +230,8 @@ export const BOUNDARY = {
         server: label,
         method: label,
         request_id: label,
-        kind: { enum: ["result", "error", "notification", "request"] },
+        /** "reply": the agent's answer to an upstream's request (sampling, elicitation), on its way upstream. */
+        kind: { enum: ["result", "error", "notification", "request", "reply"] },
         payload: anyJson,
       },
     },
@@ -377,7 +378,7 @@ export interface Bodies {
       server: string;
       method: string;
       request_id?: string;
-      kind: "result" | "error" | "notification" | "request";
+      kind: "result" | "error" | "notification" | "request" | "reply";
       payload: unknown;
     };
     rep: { action: "pass" | "block"; reason?: string; seq: number };

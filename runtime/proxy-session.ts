@@ -262,7 +262,7 @@ export class ProxySession {
     server: string,
     method: string,
     requestId: RequestId | undefined,
-    kind: "result" | "error" | "notification" | "request",
+    kind: "result" | "error" | "notification" | "request" | "reply",
     payload: unknown,
   ): Promise<void> {
     const r = await this.#ctx.gov.inspect({
@@ -638,6 +638,8 @@ export class ProxySession {
       signal,
       ...(related !== undefined ? { relatedRequestId: related } : {}),
     });
+    // The agent's answer is content on its way to the upstream: recorded (and blockable) like any payload.
+    await this.#inspect(spec.name, method, related, "reply", result);
     return result as Json;
   }
 

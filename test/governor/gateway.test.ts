@@ -176,6 +176,14 @@ describe("gateway passthrough with real peers", () => {
     expect(receipts.filter((r) => r.type === "response_inspection").length).toBeGreaterThanOrEqual(
       toolCalls.length,
     );
+    // The agent's answers to the upstream's sampling and elicitation requests are recorded too.
+    const replies = receipts.filter(
+      (r) => r.type === "response_inspection" && (r.data as { kind?: string }).kind === "reply",
+    );
+    expect(replies.map((r) => r.subject.method).sort()).toEqual([
+      "elicitation/create",
+      "sampling/createMessage",
+    ]);
     const report = await verifyBundleFile(bundle, {
       trustedKeys: [tg.signer.keyId],
       policyHash: tg.gateway.decider.bundleHash,
