@@ -8,7 +8,7 @@
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 
-export const TOKEN_ENV = "CMCP_AGENT_TOKEN";
+const TOKEN_ENV = "CMCP_AGENT_TOKEN";
 
 export async function runConnect(opts: { url: string }): Promise<number> {
   const token = process.env[TOKEN_ENV];
@@ -43,5 +43,7 @@ export async function runConnect(opts: { url: string }): Promise<number> {
   upstream.onclose = () => done(0);
   await upstream.start();
   await host.start();
+  // The SDK's stdio transport does not notice the host closing stdin; end the gateway session then.
+  process.stdin.once("end", () => void host.close());
   return finished;
 }

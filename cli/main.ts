@@ -3,7 +3,7 @@
  * `cmcp verify` never loads governor code.
  */
 import { Command, CommanderError, Option } from "commander";
-import { isCmcpError } from "../artifacts/errors.js";
+import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 
 /** Exit codes: 0 success, 1 verification failed, 2 bad usage or unreadable input. */
 const EXIT_USAGE = 2;
@@ -121,14 +121,30 @@ export function buildProgram(): Command {
       let r: { receipts: unknown; checkpoints: unknown; claims: unknown; bytes: unknown };
       if ((await lockHolder(opts.dataDir)) !== null) {
         const { createWriteStream } = await import("node:fs");
+        const { unlink } = await import("node:fs/promises");
         const out = createWriteStream(opts.out);
-        const reply = await adminRequest(join(opts.dataDir, ADMIN_SOCKET), { cmd: "export" }, (chunk) =>
-          out.write(chunk),
-        );
-        await new Promise<void>((resolve, reject) =>
-          out.end((err?: Error | null) => (err ? reject(err) : resolve())),
-        );
-        r = reply as typeof r;
+        let received = 0;
+        try {
+          const reply = await adminRequest(join(opts.dataDir, ADMIN_SOCKET), { cmd: "export" }, (chunk) => {
+            received += chunk.length;
+            out.write(chunk);
+          });
+          await new Promise<void>((resolve, reject) =>
+            out.end((err?: Error | null) => (err ? reject(err) : resolve())),
+          );
+          // A transfer cut short must not pass for a bundle.
+          if (received !== reply.bytes) {
+            throw new CmcpError(
+              "admin.truncated",
+              `export ended after ${received} of ${String(reply.bytes)} bytes`,
+            );
+          }
+          r = reply as typeof r;
+        } catch (err) {
+          out.destroy();
+          await unlink(opts.out).catch(() => undefined);
+          throw err;
+        }
       } else {
         r = await exportBundle(opts.dataDir, opts.out);
       }

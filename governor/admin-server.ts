@@ -7,6 +7,7 @@
 import { createReadStream } from "node:fs";
 import { chmod, mkdtemp, rm, stat, unlink } from "node:fs/promises";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
@@ -53,12 +54,16 @@ export class AdminServer {
     const onData = (chunk: string) => {
       buf += chunk;
       if (buf.length > MAX_REQUEST_BYTES) {
+        socket.off("data", onData);
         socket.end(`${JSON.stringify({ ok: false, error: "request too large" })}\n`);
+        socket.destroySoon();
         return;
       }
       const nl = buf.indexOf("\n");
       if (nl < 0) return;
       socket.off("data", onData);
+      // The request is in; an export of a large chain may take longer than the idle limit.
+      socket.setTimeout(0);
       void this.#handle(socket, buf.slice(0, nl));
     };
     socket.on("data", onData);
@@ -90,13 +95,8 @@ export class AdminServer {
       const summary = await exportFromSource(await liveSource(this.#gateway.chain), file);
       const { size } = await stat(file);
       socket.write(`${JSON.stringify({ ok: true, ...summary, bytes: size })}\n`);
-      await new Promise<void>((resolve, reject) => {
-        const rs = createReadStream(file);
-        rs.on("error", reject);
-        rs.on("end", resolve);
-        rs.pipe(socket, { end: false });
-      });
-      socket.end();
+      // pipeline settles (and the temp copy is removed) even when the client goes away mid-transfer.
+      await pipeline(createReadStream(file), socket).catch(() => socket.destroy());
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }

@@ -293,7 +293,7 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
   return config;
 }
 
-function parseListen(text: string): { host: string; port: number } {
+export function parseListen(text: string): { host: string; port: number } {
   const i = text.lastIndexOf(":");
   const host = text.slice(0, i).replace(/^\[(.*)\]$/, "$1");
   const port = Number(text.slice(i + 1));
@@ -307,7 +307,7 @@ export function isLoopback(host: string): boolean {
 }
 
 /** A gateway reachable from other hosts needs both agent authentication and TLS, or it does not start. */
-function checkExposure(config: GatewayConfig, path: string): void {
+export function checkExposure(config: GatewayConfig, path: string): void {
   if (isLoopback(config.listen.host)) return;
   const missing = [
     config.agents.length === 0 ? "agents (bearer tokens)" : "",

@@ -61,8 +61,6 @@ export class Gateway {
   #admin: AdminServer | null = null;
   #endpointWaiters: ((url: string) => void)[] = [];
   #draining = false;
-  #inflight = 0;
-  #idle: (() => void) | null = null;
 
   private constructor(
     config: GatewayConfig,
@@ -136,17 +134,19 @@ export class Gateway {
         else if (e.kind === "failed") log(`FAIL CLOSED: ${e.error}`);
       },
     });
+    let gateway: Gateway | undefined;
     try {
       // The runtime may traverse the data directory to reach its own state, and read nothing else in it.
       if (identity) await chmod(config.data_dir, 0o711);
       await prepareStateDir(join(config.data_dir, "runtime"), identity);
       // Its state directory must be reachable too, or the runtime would die at spawn and restart forever.
       if (identity) await assertReadableBy(identity, [join(config.data_dir, "runtime")]);
-      const gateway = new Gateway(config, chain, decider, identity, log, options);
+      gateway = new Gateway(config, chain, decider, identity, log, options);
       gateway.#admin = await AdminServer.start(gateway, config.data_dir);
       gateway.#supervisor.start();
       return gateway;
     } catch (err) {
+      if (gateway) await gateway.#admin?.close().catch(() => undefined);
       await chain.close().catch(() => undefined);
       throw err;
     }
@@ -199,25 +199,13 @@ export class Gateway {
     const deadline = this.config.drain_timeout_seconds * 1000;
     await this.#supervisor.stop(deadline);
     await this.#admin?.close();
-    if (this.#inflight > 0) {
-      await Promise.race([
-        new Promise<void>((r) => (this.#idle = r)),
-        new Promise<void>((r) => setTimeout(r, 1000).unref()),
-      ]);
-    }
+    // Decisions in flight already hold their place in the chain; close() waits for them to be durable.
     await this.chain.close();
   }
 
   #record(type: "enforcement", data: Record<string, unknown>): void {
     this.chain.append({ type, subject: {}, data }).catch((err: unknown) => {
       this.#log(`could not record ${type}: ${(err as Error).message}`);
-    });
-  }
-
-  #track<T>(p: Promise<T>): Promise<T> {
-    this.#inflight++;
-    return p.finally(() => {
-      if (--this.#inflight === 0) this.#idle?.();
     });
   }
 
@@ -263,8 +251,8 @@ export class Gateway {
         this.#sessions.delete(session);
         return { ok: true };
       },
-      decide: (req) => this.#track(this.#decide(req)),
-      inspect: (req) => this.#track(this.#inspect(req)),
+      decide: (req) => this.#decide(req),
+      inspect: (req) => this.#inspect(req),
       catalog_observed: async (req) => {
         const prev = this.#upstreams.get(req.server);
         this.#upstreams.set(req.server, {

@@ -3,11 +3,11 @@
  * opens the receipt chain, spawns the keyless runtime that serves MCP, and
  * on SIGTERM or SIGINT drains and writes a final checkpoint.
  */
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { isCmcpError } from "../artifacts/errors.js";
-import { devConfig, loadConfig, type GatewayConfig } from "./config.js";
+import { checkExposure, devConfig, loadConfig, parseListen, type GatewayConfig } from "./config.js";
 import { Gateway } from "./gateway.js";
 import { ensureRuntimeUser, prepareStateDir } from "./runtime-user.js";
 
@@ -17,25 +17,24 @@ export interface StartOptions {
   listen?: string;
 }
 
-async function resolveConfig(options: StartOptions): Promise<GatewayConfig> {
+async function resolveConfig(
+  options: StartOptions,
+): Promise<{ config: GatewayConfig; sandbox: string | null }> {
   let config: GatewayConfig;
+  let sandbox: string | null = null;
   if (options.config) config = await loadConfig(options.config);
   else {
     // Dev mode: server-filesystem gets a fresh sandbox the runtime user owns, never the operator's files.
-    const sandbox = await mkdtemp(join(tmpdir(), "cmcp-dev-sandbox-"));
+    sandbox = await mkdtemp(join(tmpdir(), "cmcp-dev-sandbox-"));
     config = devConfig(sandbox);
     await prepareStateDir(sandbox, ensureRuntimeUser(config.runtime.user));
   }
   if (options.dataDir) config.data_dir = resolve(options.dataDir);
   else config.data_dir = resolve(config.data_dir);
-  if (options.listen) {
-    const i = options.listen.lastIndexOf(":");
-    config.listen = {
-      host: options.listen.slice(0, i) || "127.0.0.1",
-      port: Number(options.listen.slice(i + 1)),
-    };
-  }
-  return config;
+  if (options.listen) config.listen = parseListen(options.listen);
+  // After every override: a --listen on another interface needs agents and TLS like a config file would.
+  checkExposure(config, options.config ?? "(embedded default)");
+  return { config, sandbox };
 }
 
 function clientSnippet(url: string): string {
@@ -52,11 +51,16 @@ export async function runGovernor(options: StartOptions): Promise<number> {
     stopSignal ??= signal;
     wake();
   };
-  process.once("SIGTERM", () => onSignal("SIGTERM"));
-  process.once("SIGINT", () => onSignal("SIGINT"));
+  const onTerm = () => onSignal("SIGTERM");
+  const onInt = () => onSignal("SIGINT");
+  process.once("SIGTERM", onTerm);
+  process.once("SIGINT", onInt);
+  let sandbox: string | null = null;
   const keepAlive = setInterval(() => undefined, 1 << 30);
   try {
-    const config = await resolveConfig(options);
+    const resolved = await resolveConfig(options);
+    const config = resolved.config;
+    sandbox = resolved.sandbox;
     const gateway = await Gateway.start({ config, log });
     const s = gateway.status();
     log(`epoch ${s.epoch} started, key ${s.key_id}`);
@@ -91,5 +95,9 @@ export async function runGovernor(options: StartOptions): Promise<number> {
     return 0;
   } finally {
     clearInterval(keepAlive);
+    process.off("SIGTERM", onTerm);
+    process.off("SIGINT", onInt);
+    // The dev sandbox is scratch space for server-filesystem; the evidence lives in the data directory.
+    if (sandbox) await rm(sandbox, { recursive: true, force: true }).catch(() => undefined);
   }
 }

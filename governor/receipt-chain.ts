@@ -168,8 +168,13 @@ export class ReceiptChain {
     }
     await mkdir(join(options.dataDir, CHECKPOINT_DIR), { recursive: true, mode: 0o700 });
     await mkdir(join(options.dataDir, CLAIM_DIR), { recursive: true, mode: 0o700 });
-    await bindOrigin(options.dataDir, options.origin);
     const unlock = await acquireDataDirLock(options.dataDir);
+    try {
+      await bindOrigin(options.dataDir, options.origin);
+    } catch (err) {
+      await unlock();
+      throw err;
+    }
     let store: ChainStore;
     try {
       store = await ChainStore.open({ ...options.store, dir: join(options.dataDir, "chain") });
@@ -340,7 +345,8 @@ export class ReceiptChain {
   }
 
   #backgroundCheckpoint(): void {
-    if (this.#closing) return;
+    // Nothing new since the last checkpoint (its own receipt aside): an idle gateway writes nothing.
+    if (this.#closing || this.#sinceCheckpoint === 0) return;
     this.checkpoint().catch((err: unknown) => {
       this.#onEvent({ kind: "checkpoint-failed", error: String((err as Error).message ?? err) });
       // Receipts that no checkpoint can cover are evidence nobody can check: stop taking decisions.

@@ -68,7 +68,9 @@ export class RuntimeSupervisor {
   #child: ChildProcess | null = null;
   #boundary: BoundaryServer | null = null;
   #stopping = false;
+  /** Backoff exponent; resets after a runtime stayed up long enough. */
   #restarts = 0;
+  #totalRestarts = 0;
   #timer: NodeJS.Timeout | undefined;
   #startedAt = 0;
   #exited: Promise<void> = Promise.resolve();
@@ -82,11 +84,7 @@ export class RuntimeSupervisor {
   }
 
   get restarts(): number {
-    return this.#restarts;
-  }
-
-  get boundary(): BoundaryServer | null {
-    return this.#boundary;
+    return this.#totalRestarts;
   }
 
   start(): void {
@@ -96,40 +94,60 @@ export class RuntimeSupervisor {
 
   #spawn(): void {
     const o = this.#opts;
-    const child = spawn(process.execPath, o.command ?? runtimeCommand(), {
-      cwd: o.stateDir,
-      env: scrubbedEnv(o.stateDir),
-      stdio: ["ignore", "inherit", "inherit", "pipe"],
-      ...(o.identity ? { uid: o.identity.uid, gid: o.identity.gid } : {}),
-      detached: false,
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn(process.execPath, o.command ?? runtimeCommand(), {
+        cwd: o.stateDir,
+        env: scrubbedEnv(o.stateDir),
+        stdio: ["ignore", "inherit", "inherit", "pipe"],
+        ...(o.identity ? { uid: o.identity.uid, gid: o.identity.gid } : {}),
+        detached: false,
+      });
+    } catch (err) {
+      // A synchronous spawn failure (EPERM on setuid, say) is handled like a runtime that died at once.
+      o.log(`runtime failed to start: ${(err as Error).message}`);
+      this.#afterExit(undefined, null, null);
+      return;
+    }
     this.#child = child;
     this.#startedAt = Date.now();
     const socket = child.stdio[3] as Socket;
-    const boundary = new BoundaryServer(socket, o.handlers, (reason, code) => {
+    this.#boundary = new BoundaryServer(socket, o.handlers, (reason, code) => {
       child.kill("SIGKILL");
       o.onViolation(reason, code, child.pid);
     });
-    this.#boundary = boundary;
     socket.on("error", () => undefined); // the exit handler reports what matters
+    let settled = false;
     this.#exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
+      const done = (code: number | null, signal: string | null) => {
+        if (settled) return;
+        settled = true;
         if (this.#child === child) {
           this.#child = null;
           this.#boundary = null;
         }
-        const restartIn = this.#stopping ? null : this.#nextDelay();
-        o.onExit({ pid: child.pid, code, signal, restartIn });
-        if (restartIn !== null) {
-          this.#timer = setTimeout(() => {
-            this.#restarts++;
-            this.#spawn();
-          }, restartIn);
-        }
+        this.#afterExit(child.pid, code, signal);
         resolve();
+      };
+      child.once("exit", done);
+      // A spawn that fails asynchronously (ENOENT, EACCES, EAGAIN) emits 'error' and never 'exit'.
+      child.once("error", (err) => {
+        o.log(`runtime failed to start: ${err.message}`);
+        if (child.pid === undefined) done(null, null);
       });
     });
-    child.once("error", (err) => o.log(`runtime failed to start: ${err.message}`));
+  }
+
+  #afterExit(pid: number | undefined, code: number | null, signal: string | null): void {
+    const restartIn = this.#stopping ? null : this.#nextDelay();
+    this.#opts.onExit({ pid, code, signal, restartIn });
+    if (restartIn !== null) {
+      this.#timer = setTimeout(() => {
+        this.#restarts++;
+        this.#totalRestarts++;
+        this.#spawn();
+      }, restartIn);
+    }
   }
 
   #nextDelay(): number {

@@ -63,6 +63,12 @@ describe("cmcp start", () => {
     }
   });
 
+  it("refuses --listen on a non-loopback address without agents and TLS, even in dev mode", async () => {
+    const g = startGovernor(["--data-dir", join(dir, "exposed"), "--listen", "0.0.0.0:0"]);
+    expect(await g.exited).toBe(2);
+    expect(g.stderr()).toMatch(/is not loopback, so agents \(bearer tokens\) and tls must be configured/);
+  });
+
   it("refuses an invalid config with a clear error and exit 2", async () => {
     const cfg = join(dir, "bad.json");
     await writeFile(

@@ -109,6 +109,15 @@ describe("ReceiptChain", () => {
     await chain.close();
   });
 
+  it("an idle chain stops checkpointing once everything is covered", async () => {
+    const chain = await open({ checkpointEverySeconds: 1 });
+    for (let i = 0; i < 100 && !chain.lastCheckpoint; i++) await new Promise((r) => setTimeout(r, 50));
+    const settled = chain.size; // the epoch start, the first checkpoint and its own receipt
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(chain.size).toBe(settled);
+    await chain.close();
+  });
+
   it("orders concurrent appends by call order with linked prev hashes", async () => {
     const chain = await open();
     const results = await Promise.all(
