@@ -48,7 +48,8 @@ function defaultOrigin(): string {
   return `cmcp.local/${hostname().replace(/[^A-Za-z0-9.-]/g, "-") || "governor"}`;
 }
 
-function packageBin(pkg: string): string {
+/** Entry file of a reference server package (a regular dependency, resolved, never fetched at start). */
+export function packageBin(pkg: string): string {
   return fileURLToPath(import.meta.resolve(`@modelcontextprotocol/${pkg}/dist/index.js`));
 }
 

@@ -288,15 +288,7 @@ export class Gateway {
       );
     }
     const decision = this.decider.decide(req);
-    let argumentsHash: string;
-    try {
-      argumentsHash = payloadHash(req.params ?? null);
-    } catch (err) {
-      throw new CmcpError(
-        "governor.bad-params",
-        `parameters cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`,
-      );
-    }
+    const argumentsHash = hashOrRefuse(req.params, "governor.bad-params", "parameters");
     const appended = await this.chain.append({
       type: "decision",
       subject: {
@@ -325,15 +317,7 @@ export class Gateway {
     if (!this.#sessions.has(req.session)) {
       throw new CmcpError("governor.unknown-session", `session ${req.session.slice(0, 64)} is not open`);
     }
-    let responseHash: string;
-    try {
-      responseHash = payloadHash(req.payload ?? null);
-    } catch (err) {
-      throw new CmcpError(
-        "governor.bad-payload",
-        `payload cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`,
-      );
-    }
+    const responseHash = hashOrRefuse(req.payload, "governor.bad-payload", "payload");
     const appended = await this.chain.append({
       type: "response_inspection",
       subject: {
@@ -348,5 +332,17 @@ export class Gateway {
     });
     // Inspection is a pass-through until the data-inspection issue lands; every payload is still hashed and recorded.
     return { action: "pass", seq: appended.seq };
+  }
+}
+
+/** The hash a receipt records; a value that cannot be canonicalized refuses the call (it never passes unrecorded). */
+function hashOrRefuse(value: unknown, code: string, what: string): string {
+  try {
+    return payloadHash(value ?? null);
+  } catch (err) {
+    throw new CmcpError(
+      code,
+      `${what} cannot be canonicalized: ${isCmcpError(err) ? err.message : String(err)}`,
+    );
   }
 }

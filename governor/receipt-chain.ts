@@ -184,8 +184,7 @@ export class ReceiptChain {
     }
     if (store.recovery.truncated) options.onEvent?.({ kind: "recovered", detail: store.recovery });
     try {
-      const notes = await listCheckpoints(options.dataDir, Number.MAX_SAFE_INTEGER);
-      const lastCheckpoint = notes[notes.length - 1] ?? null;
+      const lastCheckpoint = await newestCheckpoint(options.dataDir);
       // A signed note proves its receipts were durable: if the store lost any, refuse rather than fork.
       if (lastCheckpoint && lastCheckpoint.size > store.durableSize) {
         throw new CmcpError(
@@ -562,21 +561,30 @@ export async function readLogInfo(dataDir: string): Promise<LogInfo> {
   }
 }
 
+const NOTE_NAME = /^\d{20}\.note$/;
+
+async function checkpointNames(dataDir: string): Promise<string[]> {
+  const names = await readdir(join(dataDir, CHECKPOINT_DIR)).catch(() => [] as string[]);
+  return names.filter((n) => NOTE_NAME.test(n)).sort();
+}
+
+async function readCheckpoint(dataDir: string, name: string): Promise<StoredCheckpoint> {
+  const note = await readFile(join(dataDir, CHECKPOINT_DIR, name), "utf8");
+  const rootLine = note.split("\n")[2] ?? "";
+  return { size: Number(name.slice(0, 20)), rootHash: Buffer.from(rootLine, "base64").toString("hex"), note };
+}
+
 /** Stored checkpoints with size <= maxSize, ascending. */
 export async function listCheckpoints(dataDir: string, maxSize: number): Promise<StoredCheckpoint[]> {
-  const dir = join(dataDir, CHECKPOINT_DIR);
-  const names = (await readdir(dir).catch(() => [] as string[]))
-    .filter((n) => /^\d{20}\.note$/.test(n))
-    .sort();
-  const out: StoredCheckpoint[] = [];
-  for (const name of names) {
-    const size = Number(name.slice(0, 20));
-    if (size > maxSize) continue;
-    const note = await readFile(join(dir, name), "utf8");
-    const rootLine = note.split("\n")[2] ?? "";
-    out.push({ size, rootHash: Buffer.from(rootLine, "base64").toString("hex"), note });
-  }
-  return out;
+  const names = (await checkpointNames(dataDir)).filter((n) => Number(n.slice(0, 20)) <= maxSize);
+  return Promise.all(names.map((n) => readCheckpoint(dataDir, n)));
+}
+
+/** The largest stored checkpoint (names sort by size), read alone: start-up does not read every note. */
+async function newestCheckpoint(dataDir: string): Promise<StoredCheckpoint | null> {
+  const names = await checkpointNames(dataDir);
+  const last = names[names.length - 1];
+  return last ? readCheckpoint(dataDir, last) : null;
 }
 
 export async function listClaims(dataDir: string): Promise<TraceClaim[]> {

@@ -571,30 +571,17 @@ export class ProxySession {
       if (!server) throw rpcError(RpcCode.unknownTarget, `unknown task: ${taskId.slice(0, 200)}`);
       return server;
     };
-    s.setRequestHandler(GetTaskRequestSchema, async (req, extra) => {
-      return (await this.#forward(
-        taskServer(req.params.taskId),
-        "tasks/get",
-        req.params as Json,
-        extra as Extra,
-      )) as never;
-    });
-    s.setRequestHandler(GetTaskPayloadRequestSchema, async (req, extra) => {
-      return (await this.#forward(
-        taskServer(req.params.taskId),
-        "tasks/result",
-        req.params as Json,
-        extra as Extra,
-      )) as never;
-    });
-    s.setRequestHandler(CancelTaskRequestSchema, async (req, extra) => {
-      return (await this.#forward(
-        taskServer(req.params.taskId),
-        "tasks/cancel",
-        req.params as Json,
-        extra as Extra,
-      )) as never;
-    });
+    // tasks/get, tasks/result and tasks/cancel all go back to the upstream that created the task.
+    for (const [schema, method] of [
+      [GetTaskRequestSchema, "tasks/get"],
+      [GetTaskPayloadRequestSchema, "tasks/result"],
+      [CancelTaskRequestSchema, "tasks/cancel"],
+    ] as const) {
+      s.setRequestHandler(schema, async (req, extra) => {
+        const params = req.params as Json & { taskId: string };
+        return (await this.#forward(taskServer(params.taskId), method, params, extra as Extra)) as never;
+      });
+    }
     s.setRequestHandler(ListTasksRequestSchema, async (_req, extra) => {
       const names = [...this.#specs.keys()];
       const conns = await Promise.allSettled(names.map((n) => this.#upstream(n)));

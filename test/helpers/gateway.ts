@@ -8,18 +8,16 @@ import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { ClientCapabilities } from "@modelcontextprotocol/sdk/types.js";
 import { signerFromSeed, type Signer } from "../../artifacts/keys.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
-import type { GatewayConfig } from "../../governor/config.js";
+import { packageBin, type GatewayConfig } from "../../governor/config.js";
 import { Gateway, type GatewayOptions } from "../../governor/gateway.js";
 import { ensureRuntimeUser, prepareStateDir } from "../../governor/runtime-user.js";
 
-export const bin = (pkg: string) =>
-  fileURLToPath(import.meta.resolve(`@modelcontextprotocol/${pkg}/dist/index.js`));
+export const bin = packageBin;
 
 export function referenceUpstreams(sandbox: string): UpstreamSpec[] {
   return [
