@@ -139,7 +139,8 @@ export const nodeStoreIo: StoreIo = {
       done += bytesWritten;
     }
   },
-  fsync: (h) => fileOf(h).sync(),
+  // fdatasync: the data and the size needed to read it back; mtime need not be durable.
+  fsync: (h) => fileOf(h).datasync(),
   ftruncate: (h, length) => fileOf(h).truncate(length),
   async size(h) {
     return (await fileOf(h).stat()).size;
@@ -911,10 +912,22 @@ export class ChainStore {
         }
         op = "write";
         await this.io.write(a.fh, data, base);
-        op = "index write";
-        await this.io.write(a.idxFh, encodeOffsets(offsets), a.segment.count * IDX_ENTRY_BYTES);
+        // The index is a cache (checked on every lookup, never trusted), so its write overlaps the fsync.
         op = "fsync";
-        await this.io.fsync(a.fh);
+        const indexed = this.io
+          .write(a.idxFh, encodeOffsets(offsets), a.segment.count * IDX_ENTRY_BYTES)
+          .then(
+            () => undefined,
+            (err: unknown) => err,
+          );
+        // A failed fsync still waits for the index write, so the clean-up never races it.
+        await this.io.fsync(a.fh).catch(async (err: unknown) => {
+          await indexed;
+          throw err;
+        });
+        op = "index write";
+        const indexErr = await indexed;
+        if (indexErr !== undefined) throw indexErr;
 
         for (const o of offsets) a.offsets.push(o);
         a.segment.size += bytes;
