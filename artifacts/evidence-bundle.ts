@@ -6,7 +6,8 @@
  */
 import { open } from "node:fs/promises";
 import { canonicalize } from "./canonical-json.js";
-import type { TraceClaim, EnforcementMode } from "./trace-claim.js";
+import type { PolicyArtifact } from "./policy-artifact.js";
+import type { TraceClaim } from "./trace-claim.js";
 
 export const BUNDLE_FORMAT = "cmcp.evidence-bundle.v1";
 
@@ -21,15 +22,6 @@ export interface AttestationEvidence {
   kid: string;
   provider: string;
   evidence: unknown;
-}
-
-/** Stand-in for the sealed policy artifact until the policy issue defines it. */
-export interface PolicyArtifactPlaceholder {
-  type: "placeholder";
-  bundle_hash: string | null;
-  catalog_hash: string | null;
-  enforcement_mode: EnforcementMode | null;
-  policy_version: string | null;
 }
 
 export interface InclusionProof {
@@ -53,7 +45,8 @@ export interface BundleHeader {
   origin: string;
   keys: BundleKey[];
   attestation: AttestationEvidence[];
-  policy_artifact: PolicyArtifactPlaceholder | null;
+  /** The sealed policy artifacts named by the epochs in the bundle. */
+  policy_artifacts: PolicyArtifact[];
   /** C2SP signed notes of tlog-checkpoints, ascending by size. */
   checkpoints: string[];
   consistency_proofs: ConsistencyProof[];
@@ -67,7 +60,7 @@ export const BUNDLE_HEADER_FIELDS = [
   "origin",
   "keys",
   "attestation",
-  "policy_artifact",
+  "policy_artifacts",
   "checkpoints",
   "consistency_proofs",
   "inclusion_proofs",

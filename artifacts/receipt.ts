@@ -82,6 +82,8 @@ export interface Receipt extends UnsignedReceipt {
 export interface EpochStartData {
   public_key: string;
   provider: string;
+  /** The sealed policy artifact this epoch enforces (null: none, e.g. a bare chain in tests). */
+  policy_artifact: null | { hash: string; self_sealed: boolean };
   previous: null | {
     kid: string;
     epoch: number;

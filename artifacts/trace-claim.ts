@@ -32,6 +32,10 @@ export interface TraceClaim {
     hash: string | null;
     enforcement_mode: EnforcementMode | null;
     policy_version: string | null;
+    /** Hash of the sealed policy artifact the epoch enforces. */
+    artifact_hash: string | null;
+    /** True when a dev-mode gateway sealed its own artifact with a throwaway key. */
+    self_sealed: boolean;
   };
   tool_catalog: { hash: string | null };
   call_summary: CallSummary;

@@ -53,6 +53,12 @@ export function buildProgram(): Command {
     )
     .option("--policy-hash <hex>", "approved policy bundle hash every decision must name")
     .option("--catalog-hash <hex>", "approved tool catalog hash every decision must name")
+    .option(
+      "--issuer-key <key>",
+      "trusted policy artifact issuer: key ID (hex) or base64 Ed25519 public key; repeatable. With it, every epoch must run under an artifact that issuer sealed",
+      collect,
+      [],
+    )
     .option("--json", "print the report as JSON")
     .addOption(
       new Option("--workers <n>", "worker threads for signature checks (0: none)").argParser((v) =>
@@ -161,6 +167,7 @@ export interface VerifyCliOptions {
   allowUnanchored?: boolean;
   policyHash?: string;
   catalogHash?: string;
+  issuerKey: string[];
   json?: boolean;
   workers?: number;
 }

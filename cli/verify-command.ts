@@ -21,6 +21,7 @@ export async function runVerify(bundle: string, opts: VerifyCliOptions): Promise
     allowUnanchored: opts.allowUnanchored === true,
     ...(opts.policyHash !== undefined ? { policyHash: opts.policyHash } : {}),
     ...(opts.catalogHash !== undefined ? { catalogHash: opts.catalogHash } : {}),
+    issuerKeys: opts.issuerKey,
     ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
   });
   process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));

@@ -26,6 +26,7 @@ import {
   listCheckpoints,
   listClaims,
   readLogInfo,
+  readStoredArtifact,
   type ReceiptChain,
   type StoredCheckpoint,
 } from "./receipt-chain.js";
@@ -40,7 +41,7 @@ export interface ChainSource {
 
 interface ChainIndex {
   tree: MerkleTree;
-  epochStarts: { seq: number; key: BundleKey; provider: string }[];
+  epochStarts: { seq: number; key: BundleKey; provider: string; artifact: string | null }[];
   checkpoints: StoredCheckpoint[];
 }
 
@@ -53,7 +54,12 @@ async function indexChain(src: ChainSource): Promise<ChainIndex> {
     const r = parseJson(entry) as Receipt;
     if (r.type === "epoch_start") {
       const data = r.data as unknown as EpochStartData;
-      epochStarts.push({ seq, key: { kid: r.kid, public_key: data.public_key }, provider: data.provider });
+      epochStarts.push({
+        seq,
+        key: { kid: r.kid, public_key: data.public_key },
+        provider: data.provider,
+        artifact: data.policy_artifact?.hash ?? null,
+      });
     }
   }
   return { tree, epochStarts, checkpoints: await listCheckpoints(src.dataDir, size) };
@@ -113,6 +119,8 @@ export async function exportFromSource(src: ChainSource, out: string): Promise<E
   const end = ix.checkpoints[ix.checkpoints.length - 1]?.size ?? 0;
   const inBundle = ix.epochStarts.filter((e) => e.seq < end);
   const claims = (await listClaims(src.dataDir)).filter((c) => c.checkpoint.size <= end);
+  const artifactHashes = [...new Set(inBundle.flatMap((e) => (e.artifact ? [e.artifact] : [])))];
+  const artifacts = await Promise.all(artifactHashes.map((h) => readStoredArtifact(src.dataDir, h)));
   const proofs: InclusionProof[] = [];
   const wanted = new Set<number>([
     ...inBundle.map((e) => e.seq),
@@ -140,7 +148,7 @@ export async function exportFromSource(src: ChainSource, out: string): Promise<E
     keys: inBundle.map((e) => e.key),
     // Hardware evidence arrives with the attestation providers; the software provider has none.
     attestation: inBundle.map((e) => ({ kid: e.key.kid, provider: e.provider, evidence: null })),
-    policy_artifact: null,
+    policy_artifacts: artifacts,
     checkpoints: ix.checkpoints.map((c) => c.note),
     consistency_proofs: consistency,
     inclusion_proofs: proofs,

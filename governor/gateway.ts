@@ -125,6 +125,7 @@ export class Gateway {
         catalog_hash: null,
         enforcement_mode: config.mode,
         policy_version: decider.version,
+        artifact: null,
       },
       checkpointEveryReceipts: config.checkpoint.every_receipts,
       checkpointEverySeconds: config.checkpoint.every_seconds,

@@ -11,6 +11,8 @@ import { signCheckpoint } from "../artifacts/checkpoint.js";
 import { toBase64, toHex, utf8 } from "../artifacts/encoding.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { sha256Hex } from "../artifacts/hash.js";
+import { canonicalBytes } from "../artifacts/canonical-json.js";
+import { ARTIFACT_JSON_LIMITS, artifactHash, type PolicyArtifact } from "../artifacts/policy-artifact.js";
 import type { Signer } from "../artifacts/keys.js";
 import { leafHash, MerkleAccumulator } from "../artifacts/merkle.js";
 import {
@@ -54,6 +56,8 @@ export interface ReceiptEvent {
 export interface PolicyContext extends ReceiptPolicy {
   enforcement_mode: EnforcementMode | null;
   policy_version: string | null;
+  /** The sealed artifact this epoch enforces; kept under the data directory for export. */
+  artifact: PolicyArtifact | null;
 }
 
 export interface ReceiptChainOptions {
@@ -147,6 +151,7 @@ export class ReceiptChain {
       catalog_hash: null,
       enforcement_mode: null,
       policy_version: null,
+      artifact: null,
     };
     this.#store = store;
     this.#acc = acc;
@@ -321,9 +326,14 @@ export class ReceiptChain {
 
   async #startEpoch(replay: Replay): Promise<void> {
     this.epoch = replay.last ? replay.last.epoch + 1 : 0;
+    // The artifact is durable before the receipt naming it, so an export can always include it.
+    if (this.policy.artifact) await storeArtifact(this.dataDir, this.policy.artifact);
     const data: EpochStartData = {
       public_key: toBase64(this.signer.publicKey),
       provider: this.provider,
+      policy_artifact: this.policy.artifact
+        ? { hash: artifactHash(this.policy.artifact), self_sealed: this.policy.artifact.self_sealed }
+        : null,
       previous: replay.last
         ? {
             kid: replay.last.kid,
@@ -438,6 +448,8 @@ export class ReceiptChain {
           hash: this.policy.bundle_hash,
           enforcement_mode: this.policy.enforcement_mode,
           policy_version: this.policy.policy_version,
+          artifact_hash: this.policy.artifact ? artifactHash(this.policy.artifact) : null,
+          self_sealed: this.policy.artifact?.self_sealed ?? false,
         },
         tool_catalog: { hash: this.policy.catalog_hash },
         call_summary: builder.summary(),
@@ -585,6 +597,30 @@ async function newestCheckpoint(dataDir: string): Promise<StoredCheckpoint | nul
   const names = await checkpointNames(dataDir);
   const last = names[names.length - 1];
   return last ? readCheckpoint(dataDir, last) : null;
+}
+
+const ARTIFACT_DIR = "artifacts";
+
+async function storeArtifact(dataDir: string, artifact: PolicyArtifact): Promise<void> {
+  const dir = join(dataDir, ARTIFACT_DIR);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const path = join(dir, `${artifactHash(artifact)}.json`);
+  const bytes = canonicalBytes(artifact);
+  const existing = await readFile(path).catch(() => null);
+  if (existing && Buffer.from(existing).equals(bytes)) return;
+  await writeFileDurable(path, bytes);
+}
+
+/** The stored artifact with this hash; a missing or altered file is an error naming it. */
+export async function readStoredArtifact(dataDir: string, hash: string): Promise<PolicyArtifact> {
+  const path = join(dataDir, ARTIFACT_DIR, `${hash}.json`);
+  const bytes = await readFile(path).catch((err: NodeJS.ErrnoException) => {
+    throw new CmcpError("export.artifact-missing", `policy artifact ${hash} is not stored (${err.code})`);
+  });
+  const value = parseJson(bytes, ARTIFACT_JSON_LIMITS) as PolicyArtifact;
+  if (artifactHash(value) !== hash)
+    throw new CmcpError("export.artifact-altered", `stored policy artifact ${hash} does not match its hash`);
+  return value;
 }
 
 export async function listClaims(dataDir: string): Promise<TraceClaim[]> {

@@ -18,6 +18,7 @@ import { BUNDLE_FORMAT, BUNDLE_HEADER_FIELDS, type BundleHeader } from "../evide
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
 import { openNote, parseVerifierKey } from "../signed-note.js";
+import { checkPolicyArtifact, validatePolicyArtifact, type PolicyArtifact } from "../policy-artifact.js";
 import { parseJsonCounted } from "../strict-json.js";
 import {
   CallSummaryBuilder,
@@ -40,7 +41,7 @@ export interface StepResult {
   detail: string;
   /** The first offending record, when a record caused the failure. */
   record?: {
-    kind: "receipt" | "checkpoint" | "claim" | "inclusion_proof" | "consistency_proof" | "key";
+    kind: "receipt" | "checkpoint" | "claim" | "inclusion_proof" | "consistency_proof" | "key" | "artifact";
     index: number;
     seq?: number;
   };
@@ -64,6 +65,8 @@ export interface VerifyOptions {
   allowUnanchored?: boolean;
   policyHash?: string;
   catalogHash?: string;
+  /** Policy artifact issuers the auditor trusts: key IDs (hex) or raw public keys (base64). */
+  issuerKeys?: string[];
   /** Worker threads for signature checks; 0 checks in this thread. Default: one per core. */
   workers?: number;
   /** Bundles with fewer receipts than this are checked in this thread (worker start-up costs more). */
@@ -81,6 +84,7 @@ const STEPS = [
   ["consistency", "Consistency between checkpoints"],
   ["inclusion", "Inclusion proofs against checkpoints"],
   ["claims", "TRACE claims"],
+  ["artifact", "Sealed policy artifacts"],
   ["approved", "Approved policy and catalog hashes"],
 ] as const;
 export type StepId = (typeof STEPS)[number][0];
@@ -185,6 +189,19 @@ export async function verifyBundleFile(
     }
   });
   const trusted = resolveTrusted(options.trustedKeys ?? [], step("keys"));
+
+  // Sealed policy artifacts: each must carry a valid issuer signature; which epochs name them is checked below.
+  const artifactStep = step("artifact");
+  const trustedIssuers = resolveIssuers(options.issuerKeys ?? [], artifactStep);
+  const artifacts = new Map<string, PolicyArtifact>();
+  h.policy_artifacts.forEach((value, index) => {
+    const r = checkBundledArtifact(value);
+    if (!r.ok) artifactStep.fail(`artifact #${index}: ${r.message}`, { kind: "artifact", index });
+    else artifacts.set(r.hash, r.artifact);
+  });
+  const artifactOfKid = new Map<string, PolicyArtifact | null>();
+  const epochsWithoutArtifact: number[] = [];
+  let epochArtifact: PolicyArtifact | null = null;
 
   // Checkpoints: parsed now for their sizes; their signatures are checked after the receipts, against
   // the key of the epoch that wrote the last receipt each one covers.
@@ -298,6 +315,20 @@ export async function verifyBundleFile(
       }
       introducedAt.set(f.kid, f.seq);
       providerOf.set(f.kid, es.provider);
+      epochArtifact = null;
+      if (es.policy_artifact === null) epochsWithoutArtifact.push(f.epoch);
+      else {
+        const a = artifacts.get(es.policy_artifact.hash);
+        if (!a)
+          artifactStep.fail(
+            `${where}: names policy artifact ${es.policy_artifact.hash}, which the bundle does not include (or which failed its checks)`,
+            rec,
+          );
+        else if (a.self_sealed !== es.policy_artifact.self_sealed)
+          artifactStep.fail(`${where}: misstates whether its policy artifact is self-sealed`, rec);
+        else epochArtifact = a;
+      }
+      artifactOfKid.set(f.kid, epochArtifact);
       epoch = f.epoch;
       epochKid = f.kid;
       lastTs = "";
@@ -311,6 +342,15 @@ export async function verifyBundleFile(
           rec,
         );
     }
+    if (
+      epochArtifact &&
+      (f.policy.bundle_hash !== epochArtifact.policy.bundle_hash ||
+        f.policy.catalog_hash !== epochArtifact.catalog_hash)
+    )
+      artifactStep.fail(
+        `${where}: names policy bundle ${f.policy.bundle_hash} and catalog ${f.policy.catalog_hash}, not the ones its epoch's sealed artifact names`,
+        rec,
+      );
     if (f.ts < lastTs) chain.fail(`${where}: timestamp goes backwards within an epoch`, rec);
     lastTs = f.ts;
     if (f.type === "checkpoint") {
@@ -530,6 +570,14 @@ export async function verifyBundleFile(
     claims.detail = "no TRACE claims in the bundle";
   }
 
+  finishArtifactStep(artifactStep, {
+    claims: h.claims,
+    artifacts,
+    artifactOfKid,
+    epochsWithoutArtifact,
+    trustedIssuers,
+  });
+
   // Approved hashes: every decision and claim must name the approved hash; a null one is not approved.
   const approved = step("approved");
   const wanted = [
@@ -540,7 +588,7 @@ export async function verifyBundleFile(
       seen: policyHashes,
       nullAt: nullHashes.policy,
       fromClaim: (c: TraceClaim) => c.policy_bundle.hash,
-      fromArtifact: h.policy_artifact?.bundle_hash,
+      fromArtifact: [...artifacts.values()].map((a) => a.policy.bundle_hash),
     },
     {
       flag: "--catalog-hash",
@@ -549,7 +597,7 @@ export async function verifyBundleFile(
       seen: catalogHashes,
       nullAt: nullHashes.catalog,
       fromClaim: (c: TraceClaim) => c.tool_catalog.hash,
-      fromArtifact: h.policy_artifact?.catalog_hash,
+      fromArtifact: [...artifacts.values()].map((a) => a.catalog_hash),
     },
   ];
   let anyWanted = false;
@@ -557,7 +605,7 @@ export async function verifyBundleFile(
     if (want === undefined) continue;
     anyWanted = true;
     const named = new Set(seen);
-    if (fromArtifact) named.add(fromArtifact);
+    for (const a of fromArtifact) if (a) named.add(a);
     const nullClaim = h.claims.findIndex((c) => fromClaim(c) === null);
     for (const c of h.claims) {
       const v = fromClaim(c);
@@ -684,6 +732,108 @@ function checkClaim(
 }
 
 /** Accepts a key ID (64 hex), a raw public key (base64) or a signed-note verifier key. */
+/** An artifact from the bundle, checked against the issuer key it carries (anchoring comes later). */
+function checkBundledArtifact(
+  value: unknown,
+): { ok: true; artifact: PolicyArtifact; hash: string } | { ok: false; message: string } {
+  if (!validatePolicyArtifact(value)) {
+    const e = validatePolicyArtifact.errors?.[0];
+    return {
+      ok: false,
+      message: `does not match the policy-artifact-v1 schema: ${e ? `${e.instancePath || "/"} ${e.message}` : "invalid"}`,
+    };
+  }
+  let issuerKey: Uint8Array;
+  try {
+    issuerKey = fromBase64(value.issuer.public_key, 32);
+  } catch (err) {
+    return { ok: false, message: `issuer key: ${describe(err)}` };
+  }
+  const r = checkPolicyArtifact(value, { issuerKey });
+  return r.ok ? r : { ok: false, message: `${r.check}: ${r.message}` };
+}
+
+function resolveIssuers(inputs: string[], step: Step): Set<string> {
+  const out = new Set<string>();
+  for (const raw of inputs) {
+    const t = raw.trim();
+    if (/^[0-9a-f]{64}$/.test(t)) out.add(t);
+    else {
+      try {
+        out.add(keyId(fromBase64(t, 32)));
+      } catch {
+        step.fail(`--issuer-key ${t.slice(0, 20)}: not a key ID (64 hex) or a base64 Ed25519 public key`);
+      }
+    }
+  }
+  return out;
+}
+
+function finishArtifactStep(
+  step: Step,
+  ctx: {
+    claims: TraceClaim[];
+    artifacts: Map<string, PolicyArtifact>;
+    artifactOfKid: Map<string, PolicyArtifact | null>;
+    epochsWithoutArtifact: number[];
+    trustedIssuers: Set<string>;
+  },
+): void {
+  ctx.claims.forEach((c, index) => {
+    const rec = { kind: "claim" as const, index };
+    const epochs = ctx.artifactOfKid.get(c.signing_key.kid) ?? null;
+    const named = c.policy_bundle.artifact_hash;
+    const a = named === null ? null : ctx.artifacts.get(named);
+    if (named !== null && !a)
+      return step.fail(
+        `claim #${index}: names policy artifact ${named}, which the bundle does not include`,
+        rec,
+      );
+    if ((a ?? null) !== epochs)
+      return step.fail(`claim #${index}: names a policy artifact other than its epoch's`, rec);
+    if (
+      a &&
+      (c.policy_bundle.hash !== a.policy.bundle_hash ||
+        c.policy_bundle.enforcement_mode !== a.enforcement_mode ||
+        c.policy_bundle.self_sealed !== a.self_sealed ||
+        c.tool_catalog.hash !== a.catalog_hash)
+    )
+      return step.fail(
+        `claim #${index}: its policy hash, mode, catalog or self-sealed flag differs from its sealed artifact`,
+        rec,
+      );
+  });
+  if (step.status === "fail") return;
+  const used = [...new Set([...ctx.artifactOfKid.values()].filter((a): a is PolicyArtifact => a !== null))];
+  const anchoring = ctx.trustedIssuers.size > 0;
+  if (anchoring && ctx.epochsWithoutArtifact.length > 0)
+    return step.fail(
+      `epoch ${ctx.epochsWithoutArtifact[0]} ran without a sealed policy artifact, so not under a trusted issuer's policy`,
+    );
+  if (used.length === 0) {
+    step.status = "skip";
+    step.detail = "no epoch in the bundle names a sealed policy artifact";
+    return;
+  }
+  const issuers = [...new Set(used.map((a) => a.issuer.kid))];
+  const untrusted = issuers.filter((k) => !ctx.trustedIssuers.has(k));
+  const selfSealed = used.filter((a) => a.self_sealed).length;
+  if (anchoring && untrusted.length > 0)
+    return step.fail(
+      `policy artifact sealed by issuer ${untrusted[0]}, which no --issuer-key names${selfSealed ? " (self-sealed by a dev-mode gateway)" : ""}`,
+    );
+  const modes = [...new Set(used.map((a) => a.enforcement_mode))].join(", ");
+  const base = `${used.length} artifact(s) (${modes}) with valid issuer signatures, and every receipt names their policy and catalog hashes`;
+  if (selfSealed > 0) {
+    step.status = "warn";
+    step.detail = `${base}; ${selfSealed} self-sealed by a dev-mode gateway with a throwaway key: no one approved that policy`;
+  } else if (!anchoring) {
+    step.status = "warn";
+    step.detail = `${base}; issuer(s) ${issuers.map((k) => k.slice(0, 16)).join(", ")} not anchored (pass --issuer-key)`;
+  } else
+    step.detail = `${base}; sealed by trusted issuer(s) ${issuers.map((k) => k.slice(0, 16)).join(", ")}`;
+}
+
 function resolveTrusted(inputs: string[], step: Step): Set<string> {
   const out = new Set<string>();
   for (const raw of inputs) {

@@ -60,7 +60,12 @@ describe("receipts", () => {
     for (const type of RECEIPT_TYPES) {
       const data =
         type === "epoch_start"
-          ? { public_key: toBase64(signer.publicKey), provider: "software", previous: null }
+          ? {
+              public_key: toBase64(signer.publicKey),
+              provider: "software",
+              policy_artifact: null,
+              previous: null,
+            }
           : type === "checkpoint"
             ? { origin: "o", size: 3, root_hash: "c".repeat(64) }
             : undefined;

@@ -75,7 +75,7 @@ describe("cmcp verify", () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.ok).toBe(true);
-    expect(report.steps).toHaveLength(10);
+    expect(report.steps).toHaveLength(11);
   });
 
   it("exits 1 naming the step and record for a tampered receipt", async () => {

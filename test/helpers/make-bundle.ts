@@ -7,6 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateSigner, type Signer } from "../../artifacts/keys.js";
+import { sealArtifact, type PolicyArtifact } from "../../artifacts/policy-artifact.js";
 import { payloadHash, type DecisionOutcome } from "../../artifacts/receipt.js";
 import type { TraceClaim } from "../../artifacts/trace-claim.js";
 import { exportBundle } from "../../governor/export-bundle.js";
@@ -21,6 +22,9 @@ export interface MadeBundle {
   dataDir: string;
   bundlePath: string;
   signers: Signer[];
+  /** Issuer of the sealed policy artifact every epoch enforces (null with `artifact: false`). */
+  issuer: Signer | null;
+  artifact: PolicyArtifact | null;
   claims: TraceClaim[];
   cleanup(): Promise<void>;
 }
@@ -35,6 +39,8 @@ export async function makeBundle(
     sessions?: number;
     checkpointEveryReceipts?: number;
     claims?: boolean;
+    /** false: epochs run without a sealed artifact; "self": a dev-mode self-sealed one. */
+    artifact?: boolean | "self";
   } = {},
 ): Promise<MadeBundle> {
   const epochs = options.epochs ?? 2;
@@ -43,6 +49,23 @@ export async function makeBundle(
   const dir = await mkdtemp(join(tmpdir(), "cmcp-bundle-"));
   const dataDir = join(dir, "data");
   const signers: Signer[] = [];
+  const issuer = options.artifact === false ? null : generateSigner();
+  const artifact = issuer
+    ? sealArtifact(
+        {
+          policy: { bundle_hash: POLICY_HASH, schema_hash: "c".repeat(64), version: "test-1" },
+          catalog_hash: CATALOG_HASH,
+          enforcement_mode: "enforcing",
+          runtime_measurement: null,
+          enforcement: { measurement_interval_seconds: 60, on_drift: "alert" },
+          not_before: "2026-01-01T00:00:00Z",
+          expires: "2036-01-01T00:00:00Z",
+          provenance: { source_commit: null, author: "test", approver: null },
+          self_sealed: options.artifact === "self",
+        },
+        issuer,
+      )
+    : null;
   const claims: TraceClaim[] = [];
   let n = 0;
   for (let e = 0; e < epochs; e++) {
@@ -58,6 +81,7 @@ export async function makeBundle(
         catalog_hash: CATALOG_HASH,
         enforcement_mode: "enforcing",
         policy_version: "test-1",
+        artifact,
       },
       checkpointEveryReceipts: options.checkpointEveryReceipts ?? 1_000_000,
       checkpointEverySeconds: 0,
@@ -96,6 +120,8 @@ export async function makeBundle(
     dataDir,
     bundlePath,
     signers,
+    issuer,
+    artifact,
     claims,
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };

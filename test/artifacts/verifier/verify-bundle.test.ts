@@ -64,6 +64,83 @@ describe("verifyBundleFile on a real chain export", () => {
     expect(r.steps.find((s) => s.id === "keys")?.status).toBe("warn");
   });
 
+  it("checks the sealed policy artifact: warns while its issuer is unanchored, passes with --issuer-key", async () => {
+    const step = (r: VerifyReport) => r.steps.find((s) => s.id === "artifact")!;
+    const unanchored = await verifyBundleFile(small.bundlePath, { trustedKeys: trusted, workers: 0 });
+    expect(unanchored.ok).toBe(true);
+    expect(step(unanchored).status).toBe("warn");
+    expect(step(unanchored).detail).toMatch(/not anchored \(pass --issuer-key\)/);
+    for (const key of [small.issuer!.keyId, toBase64(small.issuer!.publicKey)]) {
+      const r = await verifyBundleFile(small.bundlePath, {
+        trustedKeys: trusted,
+        issuerKeys: [key],
+        workers: 0,
+      });
+      expect(step(r).status, key).toBe("pass");
+      expect(r.ok).toBe(true);
+    }
+    const other = await verifyBundleFile(small.bundlePath, {
+      trustedKeys: trusted,
+      issuerKeys: ["f".repeat(64)],
+      workers: 0,
+    });
+    expect(firstFailure(other)).toBe("artifact");
+    expect(step(other).detail).toMatch(/which no --issuer-key names/);
+    const garbage = await verifyBundleFile(small.bundlePath, {
+      trustedKeys: trusted,
+      issuerKeys: ["not a key"],
+      workers: 0,
+    });
+    expect(firstFailure(garbage)).toBe("artifact");
+  });
+
+  it("fails when an epoch names an artifact the bundle lacks, or ran without one under --issuer-key", async () => {
+    const stripped = { ...smallJson, policy_artifacts: [] };
+    const r = await verifyJson(stripped, "stripped.json");
+    expect(firstFailure(r)).toBe("artifact");
+    expect(r.steps.find((s) => s.id === "artifact")!.detail).toMatch(/does not include/);
+
+    const bare = await makeBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: false });
+    try {
+      const keys = bare.signers.map((s) => s.keyId);
+      const skipped = await verifyBundleFile(bare.bundlePath, { trustedKeys: keys, workers: 0 });
+      expect(skipped.ok).toBe(true);
+      expect(skipped.steps.find((s) => s.id === "artifact")!.status).toBe("skip");
+      const anchored = await verifyBundleFile(bare.bundlePath, {
+        trustedKeys: keys,
+        issuerKeys: [small.issuer!.keyId],
+        workers: 0,
+      });
+      expect(firstFailure(anchored)).toBe("artifact");
+      expect(anchored.steps.find((s) => s.id === "artifact")!.detail).toMatch(
+        /without a sealed policy artifact/,
+      );
+    } finally {
+      await bare.cleanup();
+    }
+  });
+
+  it("reports a self-sealed (dev-mode) artifact as a warning, and as a failure under --issuer-key", async () => {
+    const dev = await makeBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: "self" });
+    try {
+      const keys = dev.signers.map((s) => s.keyId);
+      const r = await verifyBundleFile(dev.bundlePath, { trustedKeys: keys, workers: 0 });
+      expect(r.ok).toBe(true);
+      const s = r.steps.find((x) => x.id === "artifact")!;
+      expect(s.status).toBe("warn");
+      expect(s.detail).toMatch(/self-sealed/);
+      const strict = await verifyBundleFile(dev.bundlePath, {
+        trustedKeys: keys,
+        issuerKeys: [small.issuer!.keyId],
+        workers: 0,
+      });
+      expect(firstFailure(strict)).toBe("artifact");
+      expect(dev.claims[0]!.policy_bundle.self_sealed).toBe(true);
+    } finally {
+      await dev.cleanup();
+    }
+  });
+
   it("accepts trusted keys as key IDs, raw base64 keys or note verifier keys", async () => {
     const [a, b] = small.signers;
     const r = await verifyBundleFile(small.bundlePath, {
@@ -183,6 +260,7 @@ describe("tampering", () => {
       "inclusion_proofs.0",
       "consistency_proofs.0",
       "keys.0",
+      "policy_artifacts.0",
       "origin",
     ]);
     for (const t of new Set(receipts.map((r) => r.type)))
