@@ -1,0 +1,514 @@
+// Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json.
+// Run from the repository root: node --import tsx test/vectors/tool-corpus/snapshot-servers.ts [options]
+//   --only a,b      snapshot only these servers (by `name` below, including ones marked `skip`)
+//   --scratch DIR   install directory (default: $TMPDIR/cmcp-tool-corpus, outside the repository)
+//   --all           also try the servers marked `skip` (known to fail offline)
+//   --list          print the pinned list and exit
+// Each server is installed into its own prefix under the scratch directory (reused on rerun when the
+// pinned version is already there), started over stdio with the official SDK client, and asked for
+// tools/list (following cursors). A server that fails is reported and skipped.
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { z } from "zod";
+
+export interface ServerSpec {
+  /** Safe file name of the snapshot (benign/<name>.json). */
+  name: string;
+  /** npm package and exact version. */
+  pkg: string;
+  version: string;
+  /** Which bin of the package to start (default: the only one, or the one named like the package). */
+  bin?: string;
+  args?: string[];
+  /** Dummy values for servers that need a key only to start; never real credentials. */
+  env?: Record<string, string>;
+  /** Run install scripts (default false). */
+  scripts?: boolean;
+  /** Known not to list tools on this machine (offline, no native builds): why. Tried only with --all. */
+  skip?: string;
+}
+
+// Dummy credential used wherever a server insists on a key to start.
+const DUMMY = "dummy-not-a-real-key-0000";
+
+// Scratch-relative placeholders replaced at run time.
+const SANDBOX = "${SANDBOX}";
+
+export const SERVERS: ServerSpec[] = [
+  { name: "server-everything", pkg: "@modelcontextprotocol/server-everything", version: "2026.8.31" },
+  {
+    name: "server-filesystem",
+    pkg: "@modelcontextprotocol/server-filesystem",
+    version: "2026.8.31",
+    args: [SANDBOX],
+  },
+  { name: "server-memory", pkg: "@modelcontextprotocol/server-memory", version: "2026.8.31" },
+  {
+    name: "server-sequential-thinking",
+    pkg: "@modelcontextprotocol/server-sequential-thinking",
+    version: "2026.8.31",
+  },
+  {
+    name: "server-github",
+    pkg: "@modelcontextprotocol/server-github",
+    version: "2025.4.8",
+    env: { GITHUB_PERSONAL_ACCESS_TOKEN: DUMMY },
+  },
+  {
+    name: "server-gitlab",
+    pkg: "@modelcontextprotocol/server-gitlab",
+    version: "2025.4.25",
+    env: { GITLAB_PERSONAL_ACCESS_TOKEN: DUMMY, GITLAB_API_URL: "http://127.0.0.1:9/api/v4" },
+  },
+  {
+    name: "server-slack",
+    pkg: "@modelcontextprotocol/server-slack",
+    version: "2025.4.25",
+    env: { SLACK_BOT_TOKEN: "xoxb-" + DUMMY, SLACK_TEAM_ID: "T00000000" },
+  },
+  {
+    name: "server-brave-search",
+    pkg: "@modelcontextprotocol/server-brave-search",
+    version: "0.6.2",
+    env: { BRAVE_API_KEY: DUMMY },
+  },
+  {
+    name: "server-google-maps",
+    pkg: "@modelcontextprotocol/server-google-maps",
+    version: "0.6.2",
+    env: { GOOGLE_MAPS_API_KEY: DUMMY },
+  },
+  {
+    name: "server-postgres",
+    pkg: "@modelcontextprotocol/server-postgres",
+    version: "0.6.2",
+    args: ["postgresql://127.0.0.1:9/none"],
+  },
+  {
+    name: "server-redis",
+    pkg: "@modelcontextprotocol/server-redis",
+    version: "2025.4.25",
+    args: ["redis://127.0.0.1:9"],
+    skip: "connects to Redis before answering initialize; needs a live Redis server",
+  },
+  {
+    name: "server-puppeteer",
+    pkg: "@modelcontextprotocol/server-puppeteer",
+    version: "2025.5.12",
+    env: { PUPPETEER_SKIP_DOWNLOAD: "1", PUPPETEER_SKIP_CHROMIUM_DOWNLOAD: "1" },
+  },
+  {
+    name: "server-aws-kb-retrieval",
+    pkg: "@modelcontextprotocol/server-aws-kb-retrieval",
+    version: "0.6.2",
+    env: { AWS_ACCESS_KEY_ID: "AKIA0000DUMMY", AWS_SECRET_ACCESS_KEY: DUMMY, AWS_REGION: "us-east-1" },
+  },
+  {
+    name: "server-everart",
+    pkg: "@modelcontextprotocol/server-everart",
+    version: "0.6.2",
+    env: { EVERART_API_KEY: DUMMY },
+  },
+  {
+    name: "playwright-mcp",
+    pkg: "@playwright/mcp",
+    version: "0.0.83",
+    env: { PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: "1" },
+  },
+  {
+    name: "notion-mcp-server",
+    pkg: "@notionhq/notion-mcp-server",
+    version: "2.5.2",
+    env: { NOTION_TOKEN: "ntn_" + DUMMY },
+  },
+  {
+    name: "firecrawl-mcp",
+    pkg: "firecrawl-mcp",
+    version: "3.26.0",
+    env: { FIRECRAWL_API_KEY: "fc-" + DUMMY },
+  },
+  { name: "tavily-mcp", pkg: "tavily-mcp", version: "0.2.22", env: { TAVILY_API_KEY: "tvly-" + DUMMY } },
+  { name: "exa-mcp-server", pkg: "exa-mcp-server", version: "3.4.1", env: { EXA_API_KEY: DUMMY } },
+  { name: "context7-mcp", pkg: "@upstash/context7-mcp", version: "4.1.1" },
+  { name: "mcp-server-kubernetes", pkg: "mcp-server-kubernetes", version: "4.1.7" },
+  { name: "desktop-commander", pkg: "@wonderwhy-er/desktop-commander", version: "0.2.52" },
+  { name: "chrome-devtools-mcp", pkg: "chrome-devtools-mcp", version: "1.11.0" },
+  {
+    name: "mongodb-mcp-server",
+    pkg: "mongodb-mcp-server",
+    version: "3.0.4",
+    env: { MDB_MCP_TELEMETRY: "disabled" },
+  },
+  {
+    name: "airtable-mcp-server",
+    pkg: "airtable-mcp-server",
+    version: "1.14.0",
+    env: { AIRTABLE_API_KEY: "pat" + DUMMY },
+  },
+  {
+    name: "supabase-mcp-server",
+    pkg: "@supabase/mcp-server-supabase",
+    version: "0.13.0",
+    args: ["--access-token", "sbp_" + DUMMY],
+    skip: "tools/list fetches from the Supabase API (no network here)",
+  },
+  {
+    name: "sentry-mcp-server",
+    pkg: "@sentry/mcp-server",
+    version: "0.39.0",
+    args: ["--access-token", DUMMY],
+  },
+  {
+    name: "heroku-mcp-server",
+    pkg: "@heroku/mcp-server",
+    version: "1.2.8",
+    env: { HEROKU_API_KEY: DUMMY },
+    skip: "imports an SDK path without extension that the resolved SDK no longer exports (ERR_MODULE_NOT_FOUND)",
+  },
+  {
+    name: "figma-developer-mcp",
+    pkg: "figma-developer-mcp",
+    version: "0.13.2",
+    args: ["--stdio"],
+    env: { FIGMA_API_KEY: DUMMY },
+  },
+  {
+    name: "zereight-mcp-gitlab",
+    pkg: "@zereight/mcp-gitlab",
+    version: "2.1.64",
+    env: { GITLAB_PERSONAL_ACCESS_TOKEN: DUMMY, GITLAB_API_URL: "http://127.0.0.1:9/api/v4" },
+  },
+  { name: "antv-mcp-server-chart", pkg: "@antv/mcp-server-chart", version: "0.9.10" },
+  {
+    name: "circleci-mcp-server",
+    pkg: "@circleci/mcp-server-circleci",
+    version: "0.20.0",
+    env: { CIRCLECI_TOKEN: DUMMY },
+  },
+  {
+    name: "azure-devops-mcp",
+    pkg: "@azure-devops/mcp",
+    version: "2.10.0",
+    args: ["dummy-org"],
+    skip: "needs the native keytar module, whose install script downloads a prebuilt binary",
+  },
+  { name: "eslint-mcp", pkg: "@eslint/mcp", version: "0.3.13" },
+  {
+    name: "brave-search-mcp-server",
+    pkg: "@brave/brave-search-mcp-server",
+    version: "2.1.4",
+    env: { BRAVE_API_KEY: DUMMY },
+  },
+  {
+    name: "datadog-mcp-server",
+    pkg: "@winor30/mcp-server-datadog",
+    version: "1.8.0",
+    env: { DATADOG_API_KEY: DUMMY, DATADOG_APP_KEY: DUMMY },
+  },
+  {
+    name: "hubspot-mcp-server",
+    pkg: "@hubspot/mcp-server",
+    version: "0.4.0",
+    env: { PRIVATE_APP_ACCESS_TOKEN: "pat-na1-" + DUMMY },
+  },
+  {
+    name: "stripe-mcp",
+    pkg: "@stripe/mcp",
+    version: "0.3.3",
+    args: ["--tools=all", "--api-key=sk_test_" + DUMMY],
+    skip: "proxies tools/list to Stripe's hosted MCP endpoint (no network here)",
+  },
+  { name: "shortcut-mcp", pkg: "@shortcut/mcp", version: "0.25.0", env: { SHORTCUT_API_TOKEN: DUMMY } },
+  { name: "n8n-mcp", pkg: "n8n-mcp", version: "2.87.0", env: { MCP_MODE: "stdio", LOG_LEVEL: "error" } },
+  {
+    name: "launchdarkly-mcp-server",
+    pkg: "@launchdarkly/mcp-server",
+    version: "0.6.2",
+    args: ["start", "--api-key", "api-" + DUMMY],
+  },
+  {
+    name: "executeautomation-playwright-mcp-server",
+    pkg: "@executeautomation/playwright-mcp-server",
+    version: "1.0.12",
+    env: { PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: "1" },
+  },
+  {
+    name: "dbhub",
+    pkg: "@bytebase/dbhub",
+    version: "1.4.0",
+    args: ["--transport", "stdio", "--dsn", "sqlite:///:memory:"],
+    skip: "needs node:sqlite (Node 22+) or a reachable database before it starts",
+  },
+  {
+    name: "perplexity-mcp-server",
+    pkg: "@perplexity-ai/mcp-server",
+    version: "1.2.1",
+    env: { PERPLEXITY_API_KEY: "pplx-" + DUMMY },
+  },
+  { name: "mcp-server-code-runner", pkg: "mcp-server-code-runner", version: "0.1.8" },
+  {
+    name: "atlassian-jira-mcp",
+    pkg: "@aashari/mcp-server-atlassian-jira",
+    version: "3.3.0",
+    env: {
+      ATLASSIAN_SITE_NAME: "dummy",
+      ATLASSIAN_USER_EMAIL: "dummy@example.invalid",
+      ATLASSIAN_API_TOKEN: DUMMY,
+    },
+  },
+];
+
+const INSTALL_TIMEOUT_MS = 420_000;
+const CONNECT_TIMEOUT_MS = 60_000;
+const LIST_TIMEOUT_MS = 30_000;
+const MAX_PAGES = 50;
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outDir = join(here, "benign");
+
+function log(msg: string): void {
+  process.stdout.write(msg + "\n");
+}
+
+function run(cmd: string, args: string[], cwd: string, timeoutMs: number): Promise<string> {
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      rej(e);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) res(out);
+      else rej(new Error(`${cmd} ${args.join(" ")} exited ${code ?? signal}: ${tail(out, 600)}`));
+    });
+  });
+}
+
+function tail(s: string, n: number): string {
+  const t = s.trim();
+  return t.length > n ? "…" + t.slice(-n) : t;
+}
+
+/** The most telling line of a crashed server's stderr: the last one naming an error, else the tail. */
+function errorLine(stderr: string): string {
+  const lines = stderr.split("\n").map((l) => l.trim());
+  const hit = lines.filter((l) => /\b\w*Error\b|\berror\b/i.test(l) && !l.startsWith("at ")).pop();
+  return hit ?? tail(stderr, 300);
+}
+
+interface PackageJson {
+  name?: string;
+  version?: string;
+  bin?: string | Record<string, string>;
+}
+
+function readPkg(path: string): PackageJson {
+  return JSON.parse(readFileSync(path, "utf8")) as PackageJson;
+}
+
+/** Installs spec into its own prefix (skipped when the pinned version is already there). */
+async function install(spec: ServerSpec, scratch: string): Promise<string> {
+  const prefix = join(scratch, "servers", spec.name);
+  const pkgJson = join(prefix, "node_modules", spec.pkg, "package.json");
+  if (existsSync(pkgJson) && readPkg(pkgJson).version === spec.version) {
+    log(`  install: reusing ${prefix}`);
+    return prefix;
+  }
+  mkdirSync(prefix, { recursive: true });
+  const args = ["install", "--prefix", prefix, `${spec.pkg}@${spec.version}`, "--no-audit", "--no-fund"];
+  args.push("--omit=dev", "--no-save", "--loglevel=error");
+  if (!spec.scripts) args.push("--ignore-scripts");
+  log(`  install: npm ${args.join(" ")}`);
+  await run("npm", args, prefix, INSTALL_TIMEOUT_MS);
+  const got = readPkg(pkgJson).version;
+  if (got !== spec.version) throw new Error(`installed ${got ?? "?"} but pinned ${spec.version}`);
+  return prefix;
+}
+
+/** Resolves the server's entry script from the package's bin field. */
+function entryPoint(spec: ServerSpec, prefix: string): string {
+  const root = join(prefix, "node_modules", spec.pkg);
+  const { bin } = readPkg(join(root, "package.json"));
+  if (typeof bin === "string") return join(root, bin);
+  if (!bin) throw new Error("package has no bin");
+  const names = Object.keys(bin);
+  const base = spec.pkg.split("/").pop() ?? spec.pkg;
+  const pick = spec.bin ?? (names.length === 1 ? names[0] : names.find((n) => n === base || n === spec.pkg));
+  const rel = pick === undefined ? undefined : bin[pick];
+  if (rel === undefined) throw new Error(`cannot choose a bin among ${names.join(", ")}`);
+  return join(root, rel);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, rej) => {
+    timer = setTimeout(() => rej(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+// Deliberately loose: the snapshot keeps tool objects exactly as returned, even ones the SDK's own
+// ListToolsResultSchema would reject or strip.
+const RawListTools = z.looseObject({
+  tools: z.array(z.record(z.string(), z.unknown())),
+  nextCursor: z.string().optional(),
+});
+type RawTool = Record<string, unknown>;
+
+/** Starts the server over stdio and lists every tool (all pages). */
+async function listTools(spec: ServerSpec, entry: string, scratch: string): Promise<RawTool[]> {
+  const sandbox = join(scratch, "sandbox", spec.name);
+  const home = join(scratch, "home");
+  mkdirSync(sandbox, { recursive: true });
+  mkdirSync(home, { recursive: true });
+  const sub = (s: string): string => s.split(SANDBOX).join(sandbox);
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [entry, ...(spec.args ?? []).map(sub)],
+    // getDefaultEnvironment() is merged in by the SDK; HOME points at scratch so servers keep no state in ours.
+    env: { HOME: home, NODE_ENV: "production", NO_UPDATE_NOTIFIER: "1", DO_NOT_TRACK: "1", ...spec.env },
+    cwd: sandbox,
+    stderr: "pipe",
+  });
+  let stderr = "";
+  transport.stderr?.on("data", (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  const client = new Client({ name: "cmcp-tool-corpus-snapshot", version: "1.0.0" });
+  try {
+    await withTimeout(
+      client.connect(transport, { timeout: CONNECT_TIMEOUT_MS }),
+      CONNECT_TIMEOUT_MS,
+      "connect",
+    );
+    if (!client.getServerCapabilities()?.tools) throw new Error("server does not advertise tools");
+    const tools: RawTool[] = [];
+    let cursor: string | undefined;
+    for (let page = 0; page < MAX_PAGES; page++) {
+      const params = cursor === undefined ? {} : { cursor };
+      const res = await client.request({ method: "tools/list", params }, RawListTools, {
+        timeout: LIST_TIMEOUT_MS,
+      });
+      tools.push(...res.tools);
+      cursor = res.nextCursor;
+      if (cursor === undefined) break;
+      if (page === MAX_PAGES - 1) throw new Error(`more than ${MAX_PAGES} pages of tools`);
+    }
+    return tools;
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new Error(stderr ? `${msg}; stderr: ${errorLine(stderr)}` : msg, { cause: e });
+  } finally {
+    const pid = transport.pid;
+    await client.close().catch(() => undefined);
+    if (pid !== null) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+async function snapshot(spec: ServerSpec, scratch: string): Promise<number> {
+  const prefix = await install(spec, scratch);
+  const entry = entryPoint(spec, prefix);
+  const shown = (spec.args ?? []).map((a) => a.split(SANDBOX).join(join(scratch, "sandbox", spec.name)));
+  log(`  start: node ${entry} ${shown.join(" ")}`.trimEnd());
+  const tools = await listTools(spec, entry, scratch);
+  if (tools.length === 0) throw new Error("tools/list returned no tools");
+  const file = join(outDir, `${spec.name}.json`);
+  const doc = {
+    server: spec.name,
+    package: spec.pkg,
+    version: spec.version,
+    captured_at: new Date().toISOString(),
+    tools,
+  };
+  writeFileSync(file, JSON.stringify(doc, null, 2) + "\n");
+  log(`  wrote ${file} (${tools.length} tools)`);
+  return tools.length;
+}
+
+interface Options {
+  only?: Set<string>;
+  scratch: string;
+  list: boolean;
+  all: boolean;
+}
+
+function parseArgs(argv: string[]): Options {
+  const opts: Options = { scratch: join(tmpdir(), "cmcp-tool-corpus"), list: false, all: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--only") opts.only = new Set((argv[++i] ?? "").split(",").filter(Boolean));
+    else if (a === "--scratch") opts.scratch = resolve(argv[++i] ?? opts.scratch);
+    else if (a === "--list") opts.list = true;
+    else if (a === "--all") opts.all = true;
+    else throw new Error(`unknown argument ${a ?? ""}`);
+  }
+  return opts;
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  if (opts.list) {
+    for (const s of SERVERS) log(`${s.name}\t${s.pkg}@${s.version}${s.skip ? `\tskip: ${s.skip}` : ""}`);
+    return;
+  }
+  const repo = resolve(here, "../../..");
+  if (resolve(opts.scratch).startsWith(repo + "/"))
+    throw new Error("scratch directory must be outside the repository");
+  mkdirSync(outDir, { recursive: true });
+  const chosen = SERVERS.filter((s) => !opts.only || opts.only.has(s.name));
+  if (opts.only)
+    for (const n of opts.only) if (!SERVERS.some((s) => s.name === n)) log(`unknown server ${n}`);
+  log(`snapshotting ${chosen.length} server(s); scratch ${opts.scratch}`);
+  const ok: string[] = [];
+  const failed: string[] = [];
+  const skipped: string[] = [];
+  let total = 0;
+  for (const spec of chosen) {
+    log(`${spec.name} (${spec.pkg}@${spec.version})`);
+    if (spec.skip && !opts.all && !opts.only) {
+      log(`  skipped: ${spec.skip}`);
+      skipped.push(`${spec.name}: ${spec.skip}`);
+      continue;
+    }
+    try {
+      const n = await snapshot(spec, opts.scratch);
+      total += n;
+      ok.push(`${spec.name}: ${n}`);
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      log(`  FAILED: ${msg}`);
+      failed.push(`${spec.name}: ${msg.split("\n")[0] ?? ""}`);
+    }
+  }
+  log(`\nsnapshotted ${ok.length} server(s), ${total} tools`);
+  for (const l of ok) log(`  ok     ${l}`);
+  for (const l of failed) log(`  failed ${l}`);
+  for (const l of skipped) log(`  skipped ${l}`);
+  if (failed.length > 0) log("a failed server keeps its previous snapshot, if any");
+}
+
+if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().then(
+    () => process.exit(0),
+    (e: unknown) => {
+      process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+      process.exit(1);
+    },
+  );
+}
