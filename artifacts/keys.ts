@@ -74,6 +74,26 @@ export function signerFromSeed(seed: Uint8Array): Signer {
   return new NodeSigner(createPrivateKey({ key: der, format: "der", type: "pkcs8" }));
 }
 
+/** A fresh Ed25519 key pair: the private half as PKCS#8 PEM (for a key file), the public half raw. */
+export function generateKeyPem(): { privatePem: string; publicKey: Uint8Array } {
+  const { privateKey } = generateKeyPairSync("ed25519");
+  const privatePem = privateKey.export({ format: "pem", type: "pkcs8" }).toString();
+  return { privatePem, publicKey: new NodeSigner(privateKey).publicKey };
+}
+
+/** A signer from a PKCS#8 PEM key file's text (issuer and approver keys); anything but Ed25519 is refused. */
+export function signerFromPem(pem: string): Signer {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey({ key: pem, format: "pem" });
+  } catch (err) {
+    throw new CmcpError("key.parse", `not a PEM private key: ${(err as Error).message}`);
+  }
+  if (key.asymmetricKeyType !== "ed25519")
+    throw new CmcpError("key.type", `expected an Ed25519 key, got ${key.asymmetricKeyType ?? "unknown"}`);
+  return new NodeSigner(key);
+}
+
 const publicKeyCache = new Map<string, KeyObject>();
 const PUBLIC_KEY_CACHE_MAX = 1024;
 

@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError, Option } from "commander";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
+import type { SealOptions } from "./seal-command.js";
 
 /** Exit codes: 0 success, 1 verification failed, 2 bad usage or unreadable input. */
 const EXIT_USAGE = 2;
@@ -157,6 +158,140 @@ export function buildProgram(): Command {
       process.stdout.write(
         `wrote ${r.receipts} receipts, ${r.checkpoints} checkpoints, ${r.claims} claims (${r.bytes} bytes) to ${opts.out}\n`,
       );
+    });
+
+  program
+    .command("approvals")
+    .description(
+      "List the calls the policy holds for approval: tool, server, arguments (secret-looking values masked), session, workflow, and when each is denied if no one answers.",
+    )
+    .option("-d, --data-dir <dir>", "the governor's data directory", ".cmcp-data")
+    .option("--json", "print the pending calls as JSON")
+    .action(async (opts: { dataDir: string; json?: boolean }) => {
+      const { runApprovals } = await import("./approval-command.js");
+      process.exitCode = await runApprovals(opts);
+    });
+
+  for (const decision of ["approve", "deny"] as const) {
+    program
+      .command(decision)
+      .description(
+        `${decision === "approve" ? "Approve" : "Deny"} a held call: signs a statement bound to that call (session, request, tool, arguments hash, expiry) with your approver key; the governor accepts it only from an approver in its config, and only once.`,
+      )
+      .argument("<id>", "approval ID from cmcp approvals")
+      .requiredOption("-k, --key <file>", "your approver private key (from cmcp keygen)")
+      .option("-r, --reason <text>", "reason, recorded in the approval receipt")
+      .option("-d, --data-dir <dir>", "the governor's data directory", ".cmcp-data")
+      .action(async (id: string, opts: { dataDir: string; key: string; reason?: string }) => {
+        const { runAnswer } = await import("./approval-command.js");
+        process.exitCode = await runAnswer(id, decision, opts);
+      });
+  }
+
+  program
+    .command("keygen")
+    .description(
+      "Create an Ed25519 key file (PKCS#8 PEM, mode 0600) for a policy issuer or an approver, and print its public key for the gateway config. Never overwrites a file.",
+    )
+    .requiredOption("-o, --out <file>", "private key file to create")
+    .action(async (opts: { out: string }) => {
+      const { runKeygen } = await import("./keygen-command.js");
+      process.exitCode = await runKeygen(opts);
+    });
+
+  program
+    .command("seal")
+    .description(
+      "Seal a policy artifact: validate the policy bundle, then sign its bundle and schema hashes, the catalog hash, the enforcement mode and parameters and a validity window with the issuer's key. The gateway refuses to start unless the artifact verifies against the issuer key pinned in its config and every hash matches what is on disk.",
+    )
+    .requiredOption("-p, --policy <dir>", "policy bundle directory")
+    .requiredOption("-k, --key <file>", "issuer private key (from cmcp keygen); keep it off the gateway host")
+    .requiredOption("-o, --out <file>", "artifact file to write")
+    .addOption(
+      new Option("-m, --mode <mode>", "enforcement mode")
+        .choices(["enforcing", "advisory", "silent"])
+        .makeOptionMandatory(),
+    )
+    .requiredOption("--author <name>", "who wrote this policy version (provenance)")
+    .option("--approver <name>", "who approved it (provenance)")
+    .option("--source-commit <sha>", "source commit the bundle was built from (provenance)")
+    .option("--schema <file>", "Cedar schema (default: the shipped policies/schema/mcp.cedarschema)")
+    .option("--catalog-hash <hex>", "approved tool catalog hash (from cmcp catalog approve)")
+    .option("--policy-version <v>", "version label (default: cedar-<first 12 hex of the bundle hash>)")
+    .option("--not-before <time>", "RFC 3339 UTC start of validity (default: now)")
+    .option("--expires <time>", "RFC 3339 UTC end of validity")
+    .addOption(
+      new Option("--valid-days <n>", "validity in days when --expires is not given (default 90)").argParser(
+        (v) => parseCount(v, "--valid-days"),
+      ),
+    )
+    .addOption(
+      new Option("--measurement-interval <seconds>", "runtime measurement cadence (default 60)").argParser(
+        (v) => parseCount(v, "--measurement-interval"),
+      ),
+    )
+    .addOption(
+      new Option("--on-drift <action>", "action on catalog or runtime drift (default deny_tool)").choices([
+        "alert",
+        "deny_tool",
+        "isolate_server",
+        "quarantine",
+      ]),
+    )
+    .option("--runtime-measurement <hex>", "expected runtime measurement")
+    .option("--force", "replace an existing artifact file")
+    .action(async (opts: SealOptions) => {
+      const { runSeal } = await import("./seal-command.js");
+      process.exitCode = await runSeal(opts);
+    });
+
+  // `cmcp policy validate|hash|test DIR`: Cedar policy bundles, worked on like code.
+  const policy = program
+    .command("policy")
+    .description(
+      "Work with a Cedar policy bundle: a directory of .cedar files (each policy with an @id annotation) and tests/*.json decision tables, checked against the MCP schema. Exit 0 on success, 1 when the bundle is invalid or a test fails, 2 when it cannot be read.",
+    );
+  type PolicyOpts = { schema?: string; json?: boolean };
+  const schemaOption = () =>
+    new Option(
+      "--schema <file>",
+      "Cedar schema to validate against (default: the shipped policies/schema/mcp.cedarschema)",
+    );
+  policy
+    .command("validate")
+    .description(
+      "Parse every policy, check its @id and annotations, and validate it against the schema (strict mode). Lists the policies with their effect and outcome; names the file, line and policy ID of the first fault.",
+    )
+    .argument("<dir>", "policy bundle directory")
+    .addOption(schemaOption())
+    .option("--json", "print the result as JSON")
+    .action(async (dir: string, opts: PolicyOpts) => {
+      const { runPolicyValidate } = await import("./policy-command.js");
+      process.exitCode = await runPolicyValidate(dir, opts);
+    });
+  policy
+    .command("hash")
+    .description(
+      "Print the bundle hash (SHA-256 over the JCS listing of every file's path, sha256 and size; names starting with '.' are ignored) and the schema hash, the values a sealed policy artifact names. Does not parse the policies.",
+    )
+    .argument("<dir>", "policy bundle directory")
+    .addOption(schemaOption())
+    .option("--json", "print the hashes and the file listing as JSON")
+    .action(async (dir: string, opts: PolicyOpts) => {
+      const { runPolicyHash } = await import("./policy-command.js");
+      process.exitCode = await runPolicyHash(dir, opts);
+    });
+  policy
+    .command("test")
+    .description(
+      "Run the bundle's test cases (tests/*.json: request, expected outcome, optionally expected policy IDs and redactions), each decided sliced and unsliced. Exit 1 if any case fails or there are none.",
+    )
+    .argument("<dir>", "policy bundle directory")
+    .addOption(schemaOption())
+    .option("--json", "print the results as JSON")
+    .action(async (dir: string, opts: PolicyOpts) => {
+      const { runPolicyTest } = await import("./policy-command.js");
+      process.exitCode = await runPolicyTest(dir, opts);
     });
 
   return program;

@@ -18,7 +18,11 @@ export const ADMIN_SOCKET = "admin.sock";
 /** A request is one short JSON line; anything longer is not a request. */
 const MAX_REQUEST_BYTES = 64 * 1024;
 
-type AdminRequest = { cmd: "status" } | { cmd: "export" };
+export type AdminRequest =
+  | { cmd: "status" }
+  | { cmd: "export" }
+  | { cmd: "approvals" }
+  | { cmd: "answer"; approval_id: string; statement: unknown };
 
 export class AdminServer {
   readonly path: string;
@@ -82,6 +86,15 @@ export class AdminServer {
       if (req?.cmd === "status")
         return void socket.end(`${JSON.stringify({ ok: true, status: this.#gateway.status() })}\n`);
       if (req?.cmd === "export") return await this.#export(socket);
+      if (req?.cmd === "approvals")
+        return void socket.end(
+          `${JSON.stringify({ ok: true, pending: this.#gateway.approvals.pending() })}\n`,
+        );
+      if (req?.cmd === "answer") {
+        if (typeof req.approval_id !== "string") return fail("answer needs approval_id");
+        const result = await this.#gateway.approvals.answer(req.approval_id, req.statement);
+        return void socket.end(`${JSON.stringify({ ok: true, result })}\n`);
+      }
       return fail(`unknown command ${JSON.stringify((req as { cmd?: unknown })?.cmd ?? null).slice(0, 64)}`);
     } catch (err) {
       return fail(isCmcpError(err) ? err.message : String(err));
@@ -108,7 +121,7 @@ export class AdminServer {
   }
 }
 
-/** Client side, for `cmcp status` and `cmcp export`. */
+/** Client side, for `cmcp status`, `cmcp export` and the approval commands. */
 export async function adminRequest(
   socketPath: string,
   request: AdminRequest,

@@ -207,12 +207,45 @@ export const BOUNDARY = {
     reply: {
       type: "object",
       additionalProperties: false,
-      required: ["allow", "outcome", "reasons", "seq"],
+      required: ["allow", "outcome", "reasons", "seq", "notify"],
       properties: {
         allow: { type: "boolean" },
         outcome: { enum: ["allow", "deny", "redact", "require_approval", "advisory"] },
         reasons: { type: "array", maxItems: 64, items: { type: "string", maxLength: 2048 } },
         seq: { type: "integer", minimum: 0 },
+        notify: { type: "boolean" },
+        /** require_approval in enforcing mode: hold the call and wait with await_approval. */
+        hold: {
+          type: "object",
+          additionalProperties: false,
+          required: ["approval_id", "hold_ms"],
+          properties: {
+            approval_id: { type: "string", pattern: "^[0-9a-f]{32}$" },
+            hold_ms: { type: "integer", minimum: 1, maximum: 3_600_000 },
+          },
+        },
+      },
+    },
+  },
+  await_approval: {
+    dir: "runtime",
+    phases: ["ready", "draining"],
+    maxBytes: 4 * KiB,
+    replyMaxBytes: 16 * KiB,
+    request: {
+      type: "object",
+      additionalProperties: false,
+      required: ["session", "approval_id"],
+      properties: { session: label, approval_id: { type: "string", pattern: "^[0-9a-f]{32}$" } },
+    },
+    reply: {
+      type: "object",
+      additionalProperties: false,
+      required: ["approved", "reason", "seq"],
+      properties: {
+        approved: { type: "boolean" },
+        reason: { type: "string", maxLength: 4096 },
+        seq: { type: "integer", minimum: -1 },
       },
     },
   },
@@ -370,7 +403,20 @@ export interface Bodies {
       prompt?: string;
       params: unknown;
     };
-    rep: { allow: boolean; outcome: Outcome; reasons: string[]; seq: number };
+    /** notify: tell the agent what was decided (advisory mode or an advisory outcome; never in silent mode). */
+    rep: {
+      allow: boolean;
+      outcome: Outcome;
+      reasons: string[];
+      seq: number;
+      notify: boolean;
+      hold?: { approval_id: string; hold_ms: number };
+    };
+  };
+  await_approval: {
+    req: { session: string; approval_id: string };
+    /** seq: the approval receipt (-1 when it could not be recorded, which also means refused). */
+    rep: { approved: boolean; reason: string; seq: number };
   };
   inspect: {
     req: {
@@ -714,6 +760,9 @@ export class GovernorClient {
   catalogObserved = (b: Bodies["catalog_observed"]["req"]) => this.call("catalog_observed", b);
   upstreamEvent = (b: Bodies["upstream_event"]["req"]) => this.call("upstream_event", b);
   sessionClosed = (b: Bodies["session_closed"]["req"]) => this.call("session_closed", b);
+  /** Waits for an approver; the deadline is the hold plus a margin, not the usual governor deadline. */
+  awaitApproval = (b: Bodies["await_approval"]["req"], holdMs: number) =>
+    this.call("await_approval", b, holdMs + 10_000);
 
   close(): void {
     this.#close("closed by the runtime");

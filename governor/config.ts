@@ -8,6 +8,7 @@ import { hostname } from "node:os";
 import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Ajv2020 } from "ajv/dist/2020.js";
+import { fromBase64 } from "../artifacts/encoding.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import type { EnforcementMode } from "../artifacts/trace-claim.js";
@@ -16,9 +17,14 @@ import type { UpstreamSpec } from "./boundary.js";
 export interface GatewayConfig {
   listen: { host: string; port: number };
   data_dir: string;
-  mode: EnforcementMode;
-  /** Interim fixed policy (a JSON deny-list file) until Cedar bundles land; none allows everything. */
+  /** null: the sealed artifact's mode. A config naming another mode than the artifact refuses to start. */
+  mode: EnforcementMode | null;
+  /** Cedar policy bundle directory (dev mode without one: the shipped demo-advisory bundle). */
   policy: string | null;
+  /** Cedar schema file; null: the shipped policies/schema/mcp.cedarschema. */
+  schema: string | null;
+  /** The sealed policy artifact and its issuer's pinned public key (base64); dev mode self-seals when null. */
+  artifact: { file: string; issuer_key: string } | null;
   log: { origin: string };
   checkpoint: { every_receipts: number; every_seconds: number };
   drain_timeout_seconds: number;
@@ -33,9 +39,15 @@ export interface GatewayConfig {
     session_idle_seconds: number;
   };
   runtime: { user: string };
+  /** People who may answer held calls (`cmcp approve`), by their Ed25519 public key (base64). */
+  approvers: { name: string; public_key: string }[];
+  /** How long a call waits for an approver before it is denied (under the SDK client's 60 s default). */
+  approvals: { hold_seconds: number };
   /** True only for the embedded default: no auth on loopback, loudly labelled. */
   dev: boolean;
 }
+
+const APPROVAL_HOLD_DEFAULT = 45;
 
 const LIMIT_DEFAULTS: GatewayConfig["limits"] = {
   max_body_bytes: 4 * 1024 * 1024,
@@ -63,6 +75,8 @@ export function devConfig(filesystemRoot: string): GatewayConfig {
     data_dir: ".cmcp-data",
     mode: "advisory",
     policy: null,
+    schema: null,
+    artifact: null,
     log: { origin: defaultOrigin() },
     checkpoint: { every_receipts: 1000, every_seconds: 60 },
     drain_timeout_seconds: 10,
@@ -86,6 +100,8 @@ export function devConfig(filesystemRoot: string): GatewayConfig {
     ],
     limits: { ...LIMIT_DEFAULTS },
     runtime: { user: "cmcp-runtime" },
+    approvers: [],
+    approvals: { hold_seconds: APPROVAL_HOLD_DEFAULT },
     dev: true,
   };
 }
@@ -95,12 +111,22 @@ const str = (max = 1024) => ({ type: "string", minLength: 1, maxLength: max }) a
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["upstreams"],
+  required: ["upstreams", "policy", "artifact"],
   properties: {
     listen: { type: "string", pattern: "^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$" },
     data_dir: str(4096),
     mode: { enum: ["enforcing", "advisory", "silent"] },
     policy: str(4096),
+    schema: str(4096),
+    artifact: {
+      type: "object",
+      additionalProperties: false,
+      required: ["file", "issuer_key"],
+      properties: {
+        file: str(4096),
+        issuer_key: { type: "string", pattern: "^[A-Za-z0-9+/]{43}=$" },
+      },
+    },
     log: {
       type: "object",
       additionalProperties: false,
@@ -195,6 +221,21 @@ const schema = {
       additionalProperties: false,
       properties: { user: { type: "string", pattern: "^[a-z_][a-z0-9_-]{0,31}$" } },
     },
+    approvers: {
+      type: "array",
+      maxItems: 1000,
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["name", "public_key"],
+        properties: { name: str(256), public_key: { type: "string", pattern: "^[A-Za-z0-9+/]{43}=$" } },
+      },
+    },
+    approvals: {
+      type: "object",
+      additionalProperties: false,
+      properties: { hold_seconds: { type: "integer", minimum: 1, maximum: 3600 } },
+    },
   },
 } as const;
 
@@ -236,7 +277,7 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
       .join("; ");
     throw new CmcpError("config.invalid", `config ${path} is invalid: ${problems}`);
   }
-  const v = value as Record<string, unknown> & { upstreams: RawUpstream[] };
+  const v = value as unknown as Record<string, unknown> & { upstreams: RawUpstream[] };
   const base = resolve(path, "..");
   const rel = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const names = new Set<string>();
@@ -268,6 +309,25 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
       ...(u.roots ? { roots: u.roots } : {}),
     };
   });
+  const issuerKey = (v.artifact as { issuer_key: string }).issuer_key;
+  try {
+    fromBase64(issuerKey, 32);
+  } catch {
+    throw new CmcpError(
+      "config.invalid",
+      `config ${path}: /artifact/issuer_key is not a base64 Ed25519 public key (print one with cmcp keygen)`,
+    );
+  }
+  for (const [i, a] of ((v.approvers as GatewayConfig["approvers"] | undefined) ?? []).entries()) {
+    try {
+      fromBase64(a.public_key, 32);
+    } catch {
+      throw new CmcpError(
+        "config.invalid",
+        `config ${path}: /approvers/${i}/public_key is not a base64 Ed25519 public key`,
+      );
+    }
+  }
   const listen = parseListen((v.listen as string | undefined) ?? "127.0.0.1:8765");
   const tls = v.tls as { cert_file: string; key_file: string } | undefined;
   const agents = ((v.agents as GatewayConfig["agents"] | undefined) ?? []).map((a) => ({
@@ -277,8 +337,13 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
   const config: GatewayConfig = {
     listen,
     data_dir: rel((v.data_dir as string | undefined) ?? ".cmcp-data"),
-    mode: (v.mode as EnforcementMode | undefined) ?? "enforcing",
-    policy: v.policy ? rel(v.policy as string) : null,
+    mode: (v.mode as EnforcementMode | undefined) ?? null,
+    policy: rel(v.policy as string),
+    schema: v.schema ? rel(v.schema as string) : null,
+    artifact: {
+      file: rel((v.artifact as { file: string }).file),
+      issuer_key: (v.artifact as { issuer_key: string }).issuer_key,
+    },
     log: { origin: defaultOrigin(), ...(v.log as object | undefined) },
     checkpoint: { every_receipts: 1000, every_seconds: 60, ...(v.checkpoint as object | undefined) },
     drain_timeout_seconds: (v.drain_timeout_seconds as number | undefined) ?? 10,
@@ -288,6 +353,8 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
     upstreams,
     limits: { ...LIMIT_DEFAULTS, ...(v.limits as object | undefined) },
     runtime: { user: "cmcp-runtime", ...(v.runtime as object | undefined) },
+    approvers: (v.approvers as GatewayConfig["approvers"] | undefined) ?? [],
+    approvals: { hold_seconds: APPROVAL_HOLD_DEFAULT, ...(v.approvals as object | undefined) },
     dev: false,
   };
   checkExposure(config, path);

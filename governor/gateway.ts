@@ -7,12 +7,16 @@
 import { chmod, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
-import { generateSigner, type Signer } from "../artifacts/keys.js";
-import { payloadHash } from "../artifacts/receipt.js";
+import { fromBase64 } from "../artifacts/encoding.js";
+import { generateSigner, keyId, type Signer } from "../artifacts/keys.js";
+import { payloadHash, type DecisionOutcome } from "../artifacts/receipt.js";
+import type { EnforcementMode } from "../artifacts/trace-claim.js";
 import type { Bodies, Handlers, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
-import { FixedPolicy, type Decider } from "./fixed-policy.js";
+import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
+import type { Decider } from "./fixed-policy.js";
+import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
 import { ReceiptChain } from "./receipt-chain.js";
 import { runtimeEntryFile, RuntimeSupervisor } from "./runtime-supervisor.js";
 import {
@@ -36,12 +40,20 @@ export interface GatewayStatus {
   epoch: number;
   key_id: string;
   provider: string;
-  mode: GatewayConfig["mode"];
+  mode: EnforcementMode;
+  policy: {
+    bundle_hash: string;
+    version: string;
+    artifact_hash: string;
+    self_sealed: boolean;
+    expires: string;
+  };
   data_dir: string;
   endpoint: string | null;
   runtime: { pid: number | null; user: string; restarts: number };
   receipts: { appended: number; durable: number; last_checkpoint: number | null };
   sessions: number;
+  approvals_pending: number;
   failed: string | null;
   draining: boolean;
   upstreams: Record<string, { tools: number; resources: number; prompts: number; last_event: string | null }>;
@@ -51,11 +63,14 @@ export class Gateway {
   readonly config: GatewayConfig;
   readonly chain: ReceiptChain;
   readonly decider: Decider;
+  readonly sealed: SealedPolicy;
+  readonly mode: EnforcementMode;
   readonly identity: RuntimeIdentity | null;
   readonly #supervisor: RuntimeSupervisor;
   readonly #log: (line: string) => void;
-  readonly #sessions = new Map<string, { agent: string }>();
+  readonly #sessions = new Map<string, { agent: string; workflows: readonly string[]; calls: number }>();
   readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
+  readonly approvals: ApprovalQueue;
   #endpoint: string | null = null;
   #boundPort: number | null = null;
   #admin: AdminServer | null = null;
@@ -65,14 +80,26 @@ export class Gateway {
   private constructor(
     config: GatewayConfig,
     chain: ReceiptChain,
-    decider: Decider,
+    sealed: SealedPolicy,
     identity: RuntimeIdentity | null,
     log: (line: string) => void,
     options: Pick<GatewayOptions, "runtimeCommand" | "backoff">,
   ) {
     this.config = config;
     this.chain = chain;
-    this.decider = decider;
+    this.sealed = sealed;
+    this.decider = sealed.engine;
+    this.mode = sealed.mode;
+    this.approvals = new ApprovalQueue({
+      holdMs: config.approvals.hold_seconds * 1000,
+      approvers: new Map(
+        config.approvers.map((a) => {
+          const publicKey = fromBase64(a.public_key, 32);
+          return [keyId(publicKey), { name: a.name, publicKey }];
+        }),
+      ),
+      record: (view, s) => this.#recordApproval(view, s),
+    });
     this.identity = identity;
     this.#log = log;
     this.#supervisor = new RuntimeSupervisor({
@@ -110,7 +137,11 @@ export class Gateway {
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config } = options;
     const log = options.log ?? (() => undefined);
-    const decider = await FixedPolicy.load(config.policy);
+    const sealed = await loadSealedPolicy(config);
+    if (sealed.artifact.self_sealed)
+      log(
+        "policy artifact SELF-SEALED with a throwaway key (dev mode): every claim says so; no one approved this policy",
+      );
     const identity = ensureRuntimeUser(config.runtime.user);
     if (identity && !options.runtimeCommand)
       await assertReadableBy(identity, [runtimeEntryFile(), process.execPath]);
@@ -121,11 +152,11 @@ export class Gateway {
       signer,
       provider: "software",
       policy: {
-        bundle_hash: decider.bundleHash,
-        catalog_hash: null,
-        enforcement_mode: config.mode,
-        policy_version: decider.version,
-        artifact: null,
+        bundle_hash: sealed.engine.bundleHash,
+        catalog_hash: sealed.artifact.catalog_hash,
+        enforcement_mode: sealed.mode,
+        policy_version: sealed.artifact.policy.version,
+        artifact: sealed.artifact,
       },
       checkpointEveryReceipts: config.checkpoint.every_receipts,
       checkpointEverySeconds: config.checkpoint.every_seconds,
@@ -142,7 +173,7 @@ export class Gateway {
       await prepareStateDir(join(config.data_dir, "runtime"), identity);
       // Its state directory must be reachable too, or the runtime would die at spawn and restart forever.
       if (identity) await assertReadableBy(identity, [join(config.data_dir, "runtime")]);
-      gateway = new Gateway(config, chain, decider, identity, log, options);
+      gateway = new Gateway(config, chain, sealed, identity, log, options);
       gateway.#admin = await AdminServer.start(gateway, config.data_dir);
       gateway.#supervisor.start();
       return gateway;
@@ -173,7 +204,14 @@ export class Gateway {
       epoch: this.chain.epoch,
       key_id: this.chain.signer.keyId,
       provider: this.chain.provider,
-      mode: this.config.mode,
+      mode: this.mode,
+      policy: {
+        bundle_hash: this.sealed.engine.bundleHash,
+        version: this.sealed.artifact.policy.version,
+        artifact_hash: this.sealed.artifactHash,
+        self_sealed: this.sealed.artifact.self_sealed,
+        expires: this.sealed.artifact.expires,
+      },
       data_dir: this.config.data_dir,
       endpoint: this.#endpoint,
       runtime: {
@@ -187,6 +225,7 @@ export class Gateway {
         last_checkpoint: cp?.size ?? null,
       },
       sessions: this.#sessions.size,
+      approvals_pending: this.approvals.pending().length,
       failed: this.chain.failed?.message ?? null,
       draining: this.#draining,
       upstreams: Object.fromEntries(this.#upstreams),
@@ -197,11 +236,45 @@ export class Gateway {
   async stop(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
+    // Held calls end now, denied and recorded, instead of waiting out their hold in the drain.
+    await this.approvals.close();
     const deadline = this.config.drain_timeout_seconds * 1000;
     await this.#supervisor.stop(deadline);
     await this.#admin?.close();
     // Decisions in flight already hold their place in the chain; close() waits for them to be durable.
     await this.chain.close();
+  }
+
+  async #recordApproval(view: PendingView, s: ApprovalSettlement): Promise<number> {
+    const b = view.binding;
+    const target =
+      b.method === "tools/call"
+        ? { tool: b.target }
+        : b.method === "resources/read"
+          ? { resource: b.target }
+          : b.method === "prompts/get"
+            ? { prompt: b.target }
+            : {};
+    const appended = await this.chain.append({
+      type: "approval",
+      subject: {
+        session: b.session,
+        agent: view.agent,
+        server: b.server,
+        method: b.method,
+        request_id: b.request_id,
+        ...target,
+      },
+      hashes: { arguments: b.arguments_hash },
+      data: {
+        approval_id: b.approval_id,
+        decision: s.kind,
+        approver: "approver" in s ? s.approver : null,
+        // The approver's signed statement, so an auditor can check who answered.
+        statement: "statement" in s ? (s.statement as unknown as Record<string, unknown>) : null,
+      },
+    });
+    return appended.seq;
   }
 
   #record(type: "enforcement", data: Record<string, unknown>): void {
@@ -245,7 +318,8 @@ export class Gateway {
         if (this.#draining) return { accept: false, reason: "gateway is shutting down" };
         if (this.chain.failed)
           return { accept: false, reason: "evidence chain has failed; refusing all calls" };
-        this.#sessions.set(session, { agent });
+        const workflows = this.config.agents.find((a) => a.name === agent)?.workflows ?? [];
+        this.#sessions.set(session, { agent, workflows, calls: 0 });
         return { accept: true };
       },
       session_closed: async ({ session }) => {
@@ -253,6 +327,7 @@ export class Gateway {
         return { ok: true };
       },
       decide: (req) => this.#decide(req),
+      await_approval: async ({ session, approval_id }) => this.approvals.wait(session, approval_id),
       inspect: (req) => this.#inspect(req),
       catalog_observed: async (req) => {
         const prev = this.#upstreams.get(req.server);
@@ -288,7 +363,7 @@ export class Gateway {
         `session ${req.session.slice(0, 64)} was not opened by agent ${req.agent.slice(0, 64)}`,
       );
     }
-    const decision = this.decider.decide(req);
+    const { failClosed, ...decision } = this.#policyDecision(req, session);
     const argumentsHash = hashOrRefuse(req.params, "governor.bad-params", "parameters");
     const appended = await this.chain.append({
       type: "decision",
@@ -301,16 +376,74 @@ export class Gateway {
         ...(req.tool !== undefined ? { tool: req.tool } : {}),
         ...(req.resource !== undefined ? { resource: req.resource } : {}),
         ...(req.prompt !== undefined ? { prompt: req.prompt } : {}),
+        ...(session.workflows.length > 0 ? { workflow: session.workflows.join(",").slice(0, 1024) } : {}),
       },
       decision,
       hashes: { arguments: argumentsHash },
     });
     const blocks = decision.outcome === "deny" || decision.outcome === "require_approval";
-    return {
-      allow: !blocks || this.config.mode !== "enforcing",
+    // A fail-closed decision (no valid policy to run) blocks in every mode.
+    const allow = !blocks || (this.mode !== "enforcing" && !failClosed);
+    const reply = {
+      allow,
       outcome: decision.outcome,
       reasons: decision.reasons,
       seq: appended.seq,
+      notify: allow && decision.outcome !== "allow" && this.mode !== "silent",
+    };
+    if (allow || decision.outcome !== "require_approval") return reply;
+    const pending = this.approvals.open(
+      {
+        session: req.session,
+        request_id: req.request_id,
+        server: req.server,
+        target: req.tool ?? req.resource ?? req.prompt ?? req.method,
+        method: req.method,
+        arguments_hash: argumentsHash,
+      },
+      { agent: req.agent, workflows: session.workflows },
+      decision.reasons,
+      req.params,
+    );
+    if (!pending) return { ...reply, reasons: [...reply.reasons, "too many calls are waiting for approval"] };
+    this.#log(
+      `call held for approval ${pending.approval_id}: ${req.method} ${pending.binding.target} on ${req.server} (cmcp approvals; cmcp approve ${pending.approval_id})`,
+    );
+    return { ...reply, hold: { approval_id: pending.approval_id, hold_ms: this.approvals.holdMs } };
+  }
+
+  #policyDecision(
+    req: Bodies["decide"]["req"],
+    session: { workflows: readonly string[]; calls: number },
+  ): { outcome: DecisionOutcome; reasons: string[]; policy_ids: string[]; failClosed: boolean } {
+    const now = new Date();
+    if (artifactExpired(this.sealed.artifact, now)) {
+      return {
+        outcome: "deny",
+        reasons: [
+          `policy artifact expired at ${this.sealed.artifact.expires}; a new sealed artifact and a restart are needed`,
+        ],
+        policy_ids: [],
+        failClosed: true,
+      };
+    }
+    const d = this.sealed.engine.evaluate({
+      agent: req.agent,
+      workflows: session.workflows,
+      session: req.session,
+      server: req.server,
+      method: req.method,
+      ...(req.tool !== undefined ? { tool: req.tool } : {}),
+      ...(req.resource !== undefined ? { resource: req.resource } : {}),
+      ...(req.prompt !== undefined ? { prompt: req.prompt } : {}),
+      context: { time: now, session_calls: session.calls },
+    });
+    session.calls++;
+    return {
+      outcome: d.outcome,
+      reasons: d.reasons,
+      policy_ids: d.policy_ids,
+      failClosed: d.errors.length > 0,
     };
   }
 

@@ -68,7 +68,10 @@ export async function runGovernor(options: StartOptions): Promise<number> {
       `provider: software (NOT hardware-backed: the key is anchored only if an auditor trusts it directly)`,
     );
     log(
-      `mode: ${config.mode}${config.dev ? " (DEV MODE: embedded default, loopback only, no agent authentication)" : ""}`,
+      `mode: ${gateway.mode}${config.dev ? " (DEV MODE: embedded default, loopback only, no agent authentication)" : ""}`,
+    );
+    log(
+      `policy: bundle ${s.policy.bundle_hash.slice(0, 16)}… (${s.policy.version}), artifact ${s.policy.artifact_hash.slice(0, 16)}…${s.policy.self_sealed ? " SELF-SEALED (dev mode, throwaway issuer key)" : ""}, valid until ${s.policy.expires}`,
     );
     log(`runtime runs as ${s.runtime.user}; evidence in ${config.data_dir}`);
     const url = await Promise.race([gateway.endpoint(), stopped.then(() => null)]);

@@ -10,6 +10,7 @@ import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
 import {
   CallToolRequestSchema,
+  McpError,
   CancelTaskRequestSchema,
   CompleteRequestSchema,
   GetTaskPayloadRequestSchema,
@@ -29,12 +30,14 @@ import {
   type RequestId,
   type ServerNotification,
 } from "@modelcontextprotocol/sdk/types.js";
-import type { GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
+import type { Bodies, GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
 import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
 import { UpstreamConnection } from "./upstream-connector.js";
 import type { UpstreamPool } from "./upstream-pool.js";
 
 type Json = Record<string, unknown>;
+type Decided = Bodies["decide"]["rep"];
+const APPROVAL_PROGRESS_MS = 5000;
 type Extra = {
   signal: AbortSignal;
   requestId: RequestId;
@@ -233,7 +236,8 @@ export class ProxySession {
     params: unknown,
     requestId: RequestId,
     target: { tool?: string; resource?: string; prompt?: string },
-  ): Promise<void> {
+    extra?: Extra,
+  ): Promise<Decided> {
     await this.#open();
     const d = await this.#ctx.gov.decide({
       session: this.id,
@@ -246,6 +250,7 @@ export class ProxySession {
       ...(target.prompt !== undefined ? { prompt: target.prompt } : {}),
       params: params ?? null,
     });
+    if (!d.allow && d.hold) return this.#hold(d, d.hold, method, target, extra);
     if (!d.allow) {
       throw rpcError(
         RpcCode.denied,
@@ -256,6 +261,100 @@ export class ProxySession {
         },
       );
     }
+    return d;
+  }
+
+  /**
+   * Holds a call the policy sent for approval: the agent's request stays open
+   * (with progress notifications when it gave a progress token) until an
+   * approver answers or the hold ends.
+   */
+  async #hold(
+    d: Decided,
+    hold: { approval_id: string; hold_ms: number },
+    method: string,
+    target: { tool?: string; resource?: string; prompt?: string },
+    extra?: Extra,
+  ): Promise<Decided> {
+    const what = `${method} ${target.tool ?? target.resource ?? target.prompt ?? ""}`.trim();
+    const token = extra?._meta?.progressToken;
+    const started = Date.now();
+    const notify = (n: ServerNotification) => void extra?.sendNotification(n).catch(() => undefined);
+    notify({
+      method: "notifications/message",
+      params: {
+        level: "warning",
+        logger: "cmcp",
+        data: `${what} is held for approval ${hold.approval_id} (up to ${Math.round(hold.hold_ms / 1000)} s): ${d.reasons.join("; ") || "policy requires approval"}`,
+      },
+    });
+    const ticker =
+      token === undefined
+        ? undefined
+        : setInterval(
+            () =>
+              notify({
+                method: "notifications/progress",
+                params: {
+                  progressToken: token,
+                  progress: Math.round((Date.now() - started) / 1000),
+                  total: Math.round(hold.hold_ms / 1000),
+                  message: `waiting for approval ${hold.approval_id}`,
+                },
+              }),
+            APPROVAL_PROGRESS_MS,
+          );
+    try {
+      const waited = this.#ctx.gov.awaitApproval(
+        { session: this.id, approval_id: hold.approval_id },
+        hold.hold_ms,
+      );
+      const signal = extra?.signal;
+      const r = signal
+        ? await Promise.race([
+            waited,
+            new Promise<never>((_, reject) => {
+              if (signal.aborted) reject(rpcError(RpcCode.cancelled, "cancelled while waiting for approval"));
+              signal.addEventListener("abort", () =>
+                reject(rpcError(RpcCode.cancelled, "cancelled while waiting for approval")),
+              );
+            }),
+          ])
+        : await waited;
+      if (r.approved) return { ...d, allow: true };
+      throw rpcError(RpcCode.approvalRefused, `${what} was not made: ${r.reason}`, {
+        approval_id: hold.approval_id,
+        outcome: d.outcome,
+        receipt: r.seq,
+      });
+    } finally {
+      if (ticker) clearInterval(ticker);
+    }
+  }
+
+  /** What the agent is told of a decision that did not block (advisory mode, or an advisory outcome). */
+  #tell(d: Decided, method: string, target: string, extra: Extra, result: Json): Json {
+    if (!d.notify) return result;
+    const wouldBlock = d.outcome === "deny" || d.outcome === "require_approval";
+    const note = {
+      outcome: d.outcome,
+      reasons: d.reasons,
+      receipt: d.seq,
+      would_block: wouldBlock,
+    };
+    void extra
+      .sendNotification({
+        method: "notifications/message",
+        params: {
+          level: "warning",
+          logger: "cmcp",
+          data: `${method} ${target}: policy outcome "${d.outcome}"${wouldBlock ? " (advisory mode: not enforced)" : ""}${d.reasons.length ? `: ${d.reasons.join("; ")}` : ""} [receipt ${d.seq}]`,
+        },
+      })
+      .catch(() => undefined);
+    const meta = result._meta;
+    const base = typeof meta === "object" && meta !== null && !Array.isArray(meta) ? meta : {};
+    return { ...result, _meta: { ...base, "cmcp/decision": note } };
   }
 
   async #inspect(
@@ -286,7 +385,7 @@ export class ProxySession {
     target: { tool?: string; resource?: string; prompt?: string } = {},
   ): Promise<Json> {
     try {
-      await this.#decide(server, method, params, extra.requestId, target);
+      const decided = await this.#decide(server, method, params, extra.requestId, target, extra);
       const up = await this.#upstream(server);
       const token = extra._meta?.progressToken;
       const { _meta, ...rest } = params as Json & { _meta?: Json };
@@ -330,7 +429,13 @@ export class ProxySession {
         if (i >= 0) list.splice(i, 1);
       }
       await this.#inspect(server, method, extra.requestId, "result", result);
-      return result;
+      return this.#tell(
+        decided,
+        method,
+        target.tool ?? target.resource ?? target.prompt ?? server,
+        extra,
+        result,
+      );
     } catch (err) {
       throw toRpcError(err, server);
     }
@@ -480,15 +585,27 @@ export class ProxySession {
         this.#tools = (await this.#aggregate("tools", "tools/list", "tools", extra as Extra)).bindings;
       const b = this.#tools.get(req.params.name);
       if (!b) throw rpcError(RpcCode.unknownTarget, `unknown tool: ${req.params.name.slice(0, 200)}`);
-      const result = await this.#forward(
-        b.server,
-        "tools/call",
-        { ...req.params, name: b.name },
-        extra as Extra,
-        {
-          tool: b.name,
-        },
-      );
+      let result: Json;
+      try {
+        result = await this.#forward(
+          b.server,
+          "tools/call",
+          { ...req.params, name: b.name },
+          extra as Extra,
+          {
+            tool: b.name,
+          },
+        );
+      } catch (err) {
+        // A refused or unanswered approval is an answer, not a failure: the model reads why.
+        if (err instanceof McpError && err.code === RpcCode.approvalRefused)
+          return {
+            isError: true,
+            content: [{ type: "text", text: err.message.replace(/^MCP error -?\d+: /, "") }],
+            _meta: { "cmcp/approval": err.data },
+          } as never;
+        throw err;
+      }
       const task = (result as { task?: { taskId?: unknown } }).task;
       if (typeof task?.taskId === "string") this.#tasks.set(task.taskId, b.server);
       return result as never;

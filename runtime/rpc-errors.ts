@@ -20,6 +20,8 @@ export const RpcCode = {
   unknownTarget: -32602,
   cancelled: -32016,
   sessionRefused: -32017,
+  /** A call held for approval was denied, or no approver answered in time. */
+  approvalRefused: -32018,
 } as const;
 
 export function rpcError(code: number, message: string, data?: unknown): McpError {

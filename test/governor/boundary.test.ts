@@ -139,12 +139,16 @@ function governor(gov: Socket, overrides: Partial<Handlers> = {}) {
     session_opened: async () => (handled.push("session_opened"), { accept: true }),
     decide: async (b) => (
       handled.push(`decide:${b.request_id}`),
-      { allow: true, outcome: "allow", reasons: ["test"], seq: seq++ }
+      { allow: true, outcome: "allow", reasons: ["test"], seq: seq++, notify: false }
     ),
     inspect: async () => (handled.push("inspect"), { action: "pass", seq: seq++ }),
     catalog_observed: async () => (handled.push("catalog_observed"), { ok: true }),
     upstream_event: async () => (handled.push("upstream_event"), { ok: true }),
     session_closed: async () => (handled.push("session_closed"), { ok: true }),
+    await_approval: async () => (
+      handled.push("await_approval"),
+      { approved: false, reason: "test", seq: seq++ }
+    ),
     ...overrides,
   };
   const server = new BoundaryServer(gov, handlers, (reason, code) => {
@@ -198,7 +202,7 @@ describe("BoundaryServer and GovernorClient: the well-formed path", () => {
     expect(opened).toEqual({ accept: true });
     const d1 = await client.decide(DECIDE);
     const d2 = await client.decide({ ...DECIDE, request_id: "8" });
-    expect(d1).toEqual({ allow: true, outcome: "allow", reasons: ["test"], seq: 0 });
+    expect(d1).toEqual({ allow: true, outcome: "allow", reasons: ["test"], seq: 0, notify: false });
     expect(d2.seq).toBe(1);
     expect(g.handled).toEqual(["hello", "listening", "session_opened", "decide:7", "decide:8"]);
     expect(g.violations).toEqual([]);
@@ -223,7 +227,7 @@ describe("BoundaryServer and GovernorClient: the well-formed path", () => {
   it("answers a governor reply that breaks its own schema with an error, not with the bad reply", async () => {
     const { gov, rt } = await socketPair();
     governor(gov, {
-      decide: async () => ({ allow: true, outcome: "allow", reasons: [], seq: -1 }),
+      decide: async () => ({ allow: true, outcome: "allow", reasons: [], seq: -1, notify: false }),
     });
     const client = new GovernorClient(rt, 5000);
     await client.hello({ version: BOUNDARY_VERSION, pid: 1 });

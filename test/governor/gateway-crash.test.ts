@@ -15,7 +15,13 @@ import type { Receipt } from "../../artifacts/receipt.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
 import { exportBundle } from "../../governor/export-bundle.js";
-import { bin, connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+import {
+  bin,
+  connectClient,
+  startTestGateway,
+  writeSealedPolicy,
+  type TestGateway,
+} from "../helpers/gateway.js";
 
 const CLI = fileURLToPath(new URL("../../cli/cmcp.ts", import.meta.url));
 const FORGER = fileURLToPath(new URL("./fixtures/forging-runtime.ts", import.meta.url));
@@ -220,9 +226,12 @@ describe("governor crash", () => {
     await chmod(dir, 0o711);
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
     const configPath = join(dir, "cmcp.json");
+    const { policy, artifact } = await writeSealedPolicy(dir);
     await writeFile(
       configPath,
       JSON.stringify({
+        policy,
+        artifact,
         listen: "127.0.0.1:0",
         data_dir: join(dir, "data"),
         mode: "enforcing",

@@ -11,12 +11,13 @@ import {
   LoggingMessageNotificationSchema,
   type Tool,
 } from "@modelcontextprotocol/sdk/types.js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { toBase64 } from "../../artifacts/encoding.js";
 import type { Receipt } from "../../artifacts/receipt.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { loadConfig } from "../../governor/config.js";
 import { exportBundle } from "../../governor/export-bundle.js";
-import { connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+import { ALLOW_ALL, connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
 
 async function toolsUntil(client: Client, name: string): Promise<Tool[]> {
   // server-everything registers capability-dependent tools after initialize and then announces list_changed.
@@ -186,18 +187,44 @@ describe("gateway passthrough with real peers", () => {
     ]);
     const report = await verifyBundleFile(bundle, {
       trustedKeys: [tg.signer.keyId],
+      issuerKeys: [tg.issuer.keyId],
       policyHash: tg.gateway.decider.bundleHash,
     });
     expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
+    expect(report.steps.find((s) => s.id === "artifact")?.status).toBe("pass");
     expect(report.ok).toBe(true);
   });
 });
+
+/** A gateway whose policy forbids everything/echo, and a client that collects log notifications. */
+async function echoDenied(mode: "advisory" | "silent") {
+  const tg = await startTestGateway(
+    { mode },
+    {
+      policy: {
+        "allow-all.cedar": ALLOW_ALL,
+        "deny.cedar":
+          '@id("no-echo")\n@reason("echo is not needed")\nforbid (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/echo");\n',
+      },
+    },
+  );
+  const client = await connectClient(tg.url);
+  const logged: unknown[] = [];
+  client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => void logged.push(n.params));
+  return { tg, client, logged };
+}
 
 describe("gateway decisions", () => {
   it("enforcing mode refuses a denied tool before it reaches the upstream, and records why", async () => {
     const tg = await startTestGateway(
       { mode: "enforcing" },
-      { policy: { deny_tools: ["everything.get-env"] } },
+      {
+        policy: {
+          "allow-all.cedar": ALLOW_ALL,
+          "deny.cedar":
+            '@id("no-env")\n@reason("environment variables hold secrets")\nforbid (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/get-env");\n',
+        },
+      },
     );
     try {
       const client = await connectClient(tg.url);
@@ -211,7 +238,11 @@ describe("gateway decisions", () => {
       await tg.stop();
       const { receipts } = await exportedReceipts(tg);
       const denied = receipts.find((r) => r.type === "decision" && r.subject.tool === "get-env");
-      expect(denied?.decision).toMatchObject({ outcome: "deny", policy_ids: ["fixed.deny-tools"] });
+      expect(denied?.decision).toMatchObject({
+        outcome: "deny",
+        policy_ids: ["deny/no-env"],
+        reasons: ["deny/no-env: environment variables hold secrets"],
+      });
       // Nothing came back from the upstream for the denied call, so no inspection names its request.
       const inspected = receipts.filter(
         (r) => r.type === "response_inspection" && r.subject.request_id === denied?.subject.request_id,
@@ -223,7 +254,15 @@ describe("gateway decisions", () => {
   });
 
   it("never connects (or spawns) an upstream the policy denies", async () => {
-    const tg = await startTestGateway({ mode: "enforcing" }, { policy: { deny_servers: ["memory"] } });
+    const tg = await startTestGateway(
+      { mode: "enforcing" },
+      {
+        policy: {
+          "allow-all.cedar": ALLOW_ALL,
+          "deny.cedar": '@id("no-memory")\nforbid (principal, action, resource in Cmcp::Server::"memory");\n',
+        },
+      },
+    );
     try {
       const client = await connectClient(tg.url);
       const names = (await client.listTools()).tools.map((t) => t.name);
@@ -242,13 +281,38 @@ describe("gateway decisions", () => {
     }
   });
 
-  it("advisory mode records the deny but lets the call through", async () => {
-    const tg = await startTestGateway({ mode: "advisory" }, { policy: { deny_tools: ["echo"] } });
+  it("advisory mode records the deny but lets the call through, and tells the agent", async () => {
+    const { tg, client, logged } = await echoDenied("advisory");
     try {
-      const client = await connectClient(tg.url);
-      expect(await client.callTool({ name: "echo", arguments: { message: "x" } })).toMatchObject({
-        content: [{ text: "Echo: x" }],
+      const result = await client.callTool({ name: "echo", arguments: { message: "x" } });
+      expect(result).toMatchObject({ content: [{ text: "Echo: x" }] });
+      expect(result._meta?.["cmcp/decision"]).toMatchObject({
+        outcome: "deny",
+        would_block: true,
+        reasons: ["deny/no-echo: echo is not needed"],
       });
+      await vi.waitFor(() => expect(logged).toHaveLength(1));
+      expect(logged[0]).toMatchObject({ level: "warning", logger: "cmcp" });
+      await client.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      expect(
+        receipts.find((r) => r.subject.tool === "echo" && r.type === "decision")?.decision?.outcome,
+      ).toBe("deny");
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
+  it("silent mode records the deny, lets the call through and shows the agent nothing", async () => {
+    const { tg, client, logged } = await echoDenied("silent");
+    try {
+      const result = await client.callTool({ name: "echo", arguments: { message: "x" } });
+      expect(result).toMatchObject({ content: [{ text: "Echo: x" }] });
+      expect(result._meta?.["cmcp/decision"]).toBeUndefined();
+      // A later call's round trip: had a notification been sent for the first, it would have arrived by now.
+      await client.callTool({ name: "get-sum", arguments: { a: 1, b: 2 } });
+      expect(logged).toEqual([]);
       await client.close();
       await tg.stop();
       const { receipts } = await exportedReceipts(tg);
@@ -356,6 +420,7 @@ describe("gateway configuration", () => {
     const config = await loadConfig(join(process.cwd(), "deploy/config.example.json"));
     expect(config.upstreams.map((u) => u.transport)).toEqual(["stdio", "streamable-http"]);
     expect(config.mode).toBe("enforcing");
+    expect(config.artifact?.file).toBe("/etc/cmcp/policy.artifact.json");
   });
 
   it("refuses a non-loopback listen address without agent tokens and TLS", async () => {
@@ -363,19 +428,38 @@ describe("gateway configuration", () => {
     const { tmpdir } = await import("node:os");
     const dir = await mkdtemp(join(tmpdir(), "cmcp-cfg-"));
     const path = join(dir, "c.json");
+    const sealed = { policy: "p", artifact: { file: "a.json", issuer_key: toBase64(new Uint8Array(32)) } };
     await writeFile(
       path,
-      JSON.stringify({ listen: "0.0.0.0:8765", upstreams: [{ name: "a", command: "/bin/true" }] }),
+      JSON.stringify({ ...sealed, listen: "0.0.0.0:8765", upstreams: [{ name: "a", command: "/bin/true" }] }),
     );
     await expect(loadConfig(path)).rejects.toMatchObject({ code: "config.exposed" });
-    await writeFile(path, JSON.stringify({ listen: "127.0.0.1:8765", upstreams: [{ name: "a" }] }));
+    await writeFile(
+      path,
+      JSON.stringify({ ...sealed, listen: "127.0.0.1:8765", upstreams: [{ name: "a" }] }),
+    );
     await expect(loadConfig(path)).rejects.toThrow(/needs "command"/);
     await writeFile(
       path,
-      JSON.stringify({ listen: "127.0.0.1:8765", upstreams: [{ name: "a", command: "x", bogus: 1 }] }),
+      JSON.stringify({
+        ...sealed,
+        listen: "127.0.0.1:8765",
+        upstreams: [{ name: "a", command: "x", bogus: 1 }],
+      }),
     );
     await expect(loadConfig(path)).rejects.toThrow(
       /upstreams\/0 must NOT have additional properties "bogus"/,
     );
+    await writeFile(path, JSON.stringify({ upstreams: [{ name: "a", command: "x" }] }));
+    await expect(loadConfig(path)).rejects.toThrow(/must have required property 'policy'/);
+    await writeFile(
+      path,
+      JSON.stringify({
+        ...sealed,
+        artifact: { file: "a", issuer_key: "A".repeat(42) + "B=" },
+        upstreams: [{ name: "a", command: "x" }],
+      }),
+    );
+    await expect(loadConfig(path)).rejects.toThrow(/issuer_key is not a base64 Ed25519 public key/);
   });
 });

@@ -4,20 +4,27 @@
  * reference servers as stdio upstreams.
  */
 import { randomBytes } from "node:crypto";
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { ClientCapabilities } from "@modelcontextprotocol/sdk/types.js";
-import { signerFromSeed, type Signer } from "../../artifacts/keys.js";
+import { canonicalBytes } from "../../artifacts/canonical-json.js";
+import { toBase64 } from "../../artifacts/encoding.js";
+import { generateSigner, signerFromSeed, type Signer } from "../../artifacts/keys.js";
+import { artifactTime, sealArtifact } from "../../artifacts/policy-artifact.js";
+import { CedarEngine } from "../../governor/cedar-policy.js";
+import type { EnforcementMode } from "../../artifacts/trace-claim.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
 import { packageBin, type GatewayConfig } from "../../governor/config.js";
 import { Gateway, type GatewayOptions } from "../../governor/gateway.js";
 import { ensureRuntimeUser, prepareStateDir } from "../../governor/runtime-user.js";
 
 export const bin = packageBin;
+
+export const ALLOW_ALL = '@id("all")\npermit(principal, action, resource);\n';
 
 export function referenceUpstreams(sandbox: string): UpstreamSpec[] {
   return [
@@ -55,6 +62,39 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Writes a policy bundle (default: permit everything) under `dir/policy` and
+ * an artifact sealed for it by a fresh issuer; returns the config fields.
+ */
+export async function writeSealedPolicy(
+  dir: string,
+  mode: EnforcementMode = "enforcing",
+  files: Record<string, string> = { "allow-all.cedar": ALLOW_ALL },
+): Promise<{ policy: string; artifact: { file: string; issuer_key: string }; issuer: Signer }> {
+  const policy = join(dir, "policy");
+  await mkdir(policy);
+  for (const [name, text] of Object.entries(files)) await writeFile(join(policy, name), text);
+  const issuer = generateSigner();
+  const engine = await CedarEngine.load(policy);
+  const file = join(dir, "policy.artifact.json");
+  const artifact = sealArtifact(
+    {
+      policy: { bundle_hash: engine.bundleHash, schema_hash: engine.schemaHash, version: "test-1" },
+      catalog_hash: null,
+      enforcement_mode: mode,
+      runtime_measurement: null,
+      enforcement: { measurement_interval_seconds: 60, on_drift: "deny_tool" },
+      not_before: artifactTime(new Date(Date.now() - 60_000)),
+      expires: artifactTime(new Date(Date.now() + 86_400_000)),
+      provenance: { source_commit: null, author: "test", approver: null },
+      self_sealed: false,
+    },
+    issuer,
+  );
+  await writeFile(file, canonicalBytes(artifact));
+  return { policy, artifact: { file, issuer_key: toBase64(issuer.publicKey) }, issuer };
+}
+
 export interface TestGateway {
   gateway: Gateway;
   url: string;
@@ -63,6 +103,8 @@ export interface TestGateway {
   sandbox: string;
   seed: Uint8Array;
   signer: Signer;
+  /** Issuer of the sealed artifact the gateway runs under. */
+  issuer: Signer;
   logs: string[];
   /** Drains and writes the final checkpoint (the data directory stays for export). */
   stop(): Promise<void>;
@@ -72,23 +114,25 @@ export interface TestGateway {
 
 export async function startTestGateway(
   over: Partial<GatewayConfig> & { upstreams?: UpstreamSpec[] } = {},
-  extra: Pick<GatewayOptions, "runtimeCommand" | "backoff"> & { port?: number; policy?: object } = {},
+  extra: Pick<GatewayOptions, "runtimeCommand" | "backoff"> & {
+    port?: number;
+    /** Policy bundle files (name to Cedar text); default: one policy permitting everything. */
+    policy?: Record<string, string>;
+  } = {},
 ): Promise<TestGateway> {
   const dir = await mkdtemp(join(tmpdir(), "cmcp-gw-"));
   await chmod(dir, 0o711);
   const sandbox = join(dir, "sandbox");
   const identity = ensureRuntimeUser("cmcp-runtime");
   await prepareStateDir(sandbox, identity);
-  let policy: string | null = null;
-  if (extra.policy) {
-    policy = join(dir, "policy.json");
-    await writeFile(policy, JSON.stringify(extra.policy));
-  }
+  const { policy, artifact, issuer } = await writeSealedPolicy(dir, over.mode ?? "enforcing", extra.policy);
   const config: GatewayConfig = {
     listen: { host: "127.0.0.1", port: extra.port ?? 0 },
     data_dir: join(dir, "data"),
     mode: "enforcing",
     policy,
+    schema: null,
+    artifact,
     log: { origin: "cmcp.test/gateway" },
     checkpoint: { every_receipts: 1000, every_seconds: 0 },
     drain_timeout_seconds: 5,
@@ -103,6 +147,8 @@ export async function startTestGateway(
       session_idle_seconds: 3600,
     },
     runtime: { user: "cmcp-runtime" },
+    approvers: [],
+    approvals: { hold_seconds: 45 },
     dev: false,
     ...over,
   };
@@ -125,6 +171,7 @@ export async function startTestGateway(
     sandbox,
     seed,
     signer,
+    issuer,
     logs,
     stop: () => gateway.stop(),
     cleanup: async () => {

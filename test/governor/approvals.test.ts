@@ -1,0 +1,292 @@
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { CallToolResultSchema, LoggingMessageNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { signApproval } from "../../artifacts/approval.js";
+import { toBase64 } from "../../artifacts/encoding.js";
+import { generateKeyPem, signerFromPem, type Signer } from "../../artifacts/keys.js";
+import type { Receipt } from "../../artifacts/receipt.js";
+import { parseJson } from "../../artifacts/strict-json.js";
+import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
+import { adminRequest } from "../../governor/admin-server.js";
+import { summarizeArguments, type PendingView } from "../../governor/approval-queue.js";
+import { exportBundle } from "../../governor/export-bundle.js";
+import { ALLOW_ALL, bin, connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+import { cmcp } from "../helpers/cli.js";
+
+const HOLD_SUM =
+  '@id("ask-sum")\n@decision("require_approval")\n@reason("sums need a human")\npermit (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/get-sum");\n';
+
+interface Setup {
+  tg: TestGateway;
+  client: Client;
+  alice: Signer;
+  aliceKey: string;
+}
+
+const open: TestGateway[] = [];
+afterEach(async () => {
+  for (const tg of open.splice(0)) await tg.cleanup();
+});
+
+async function setup(holdSeconds = 45): Promise<Setup> {
+  const { privatePem } = generateKeyPem();
+  const alice = signerFromPem(privatePem);
+  const tg = await startTestGateway(
+    {
+      approvers: [{ name: "alice", public_key: toBase64(alice.publicKey) }],
+      approvals: { hold_seconds: holdSeconds },
+      upstreams: [
+        {
+          name: "everything",
+          transport: "stdio",
+          command: process.execPath,
+          args: [bin("server-everything"), "stdio"],
+        },
+      ],
+    },
+    { policy: { "allow-all.cedar": ALLOW_ALL, "ask.cedar": HOLD_SUM } },
+  );
+  open.push(tg);
+  const aliceKey = join(tg.dir, "alice.key");
+  await writeFile(aliceKey, privatePem, { mode: 0o600 });
+  const client = await connectClient(tg.url);
+  return { tg, client, alice, aliceKey };
+}
+
+async function pendingOf(tg: TestGateway, count = 1): Promise<PendingView[]> {
+  let pending: PendingView[] = [];
+  await vi.waitFor(
+    async () => {
+      pending = (await adminRequest(tg.gateway.adminSocket!, { cmd: "approvals" })).pending as PendingView[];
+      expect(pending).toHaveLength(count);
+    },
+    { timeout: 20_000, interval: 100 },
+  );
+  return pending;
+}
+
+async function receiptsOf(tg: TestGateway): Promise<Receipt[]> {
+  await tg.stop();
+  const out = join(tg.dir, "bundle.json");
+  await exportBundle(tg.dataDir, out);
+  const report = await verifyBundleFile(out, {
+    trustedKeys: [tg.signer.keyId],
+    issuerKeys: [tg.issuer.keyId],
+  });
+  expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
+  const bundle = parseJson(await import("node:fs/promises").then((f) => f.readFile(out))) as {
+    receipts: Receipt[];
+  };
+  return bundle.receipts;
+}
+
+const sum = (client: Client, onprogress?: () => void) =>
+  client.callTool({ name: "get-sum", arguments: { a: 2, b: 3 } }, CallToolResultSchema, {
+    ...(onprogress ? { onprogress } : {}),
+    timeout: 120_000,
+  });
+
+describe("calls held for approval", () => {
+  it("holds the call with progress until an approver approves with cmcp approve, then makes it", async () => {
+    const { tg, client, aliceKey } = await setup();
+    const logged: string[] = [];
+    client.setNotificationHandler(
+      LoggingMessageNotificationSchema,
+      (n) => void logged.push(String(n.params.data)),
+    );
+    let progressed = 0;
+    const call = sum(client, () => progressed++);
+    const [p] = await pendingOf(tg);
+    expect(p).toMatchObject({
+      binding: { method: "tools/call", target: "get-sum", server: "everything" },
+      arguments: { a: "2", b: "3" },
+      reasons: expect.arrayContaining(["ask/ask-sum: sums need a human"]),
+    });
+    const listed = await cmcp(["approvals", "--data-dir", tg.dataDir]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain(p!.approval_id);
+    // The agent hears that its call waits, and sees progress while it does.
+    await vi.waitFor(() => expect(progressed).toBeGreaterThan(0), { timeout: 20_000 });
+    expect(logged.some((l) => l.includes(`held for approval ${p!.approval_id}`))).toBe(true);
+    const approved = await cmcp(["approve", p!.approval_id, "--key", aliceKey, "--data-dir", tg.dataDir]);
+    expect(approved.code, approved.stderr).toBe(0);
+    expect(approved.stdout).toMatch(/approved tools\/call get-sum \(approved by alice\)/);
+    expect(await call).toMatchObject({ content: [{ type: "text", text: expect.stringContaining("5") }] });
+    await client.close();
+    const receipts = await receiptsOf(tg);
+    const approval = receipts.find((r) => r.type === "approval");
+    expect(approval?.data).toMatchObject({
+      approval_id: p!.approval_id,
+      decision: "approve",
+      approver: "alice",
+      statement: { decision: "approve", approval_id: p!.approval_id },
+    });
+    const decision = receipts.find((r) => r.type === "decision" && r.subject.tool === "get-sum");
+    expect(decision?.decision?.outcome).toBe("require_approval");
+    // The call reached the upstream only after the approval receipt.
+    const inspected = receipts.find(
+      (r) =>
+        r.type === "response_inspection" &&
+        r.subject.method === "tools/call" &&
+        r.subject.request_id === decision?.subject.request_id,
+    );
+    expect(inspected!.seq).toBeGreaterThan(approval!.seq);
+  });
+
+  it("a denial ends the call with a clear result naming who denied it and why", async () => {
+    const { tg, client, aliceKey } = await setup();
+    const call = sum(client);
+    const [p] = await pendingOf(tg);
+    const denied = await cmcp([
+      "deny",
+      p!.approval_id,
+      "--key",
+      aliceKey,
+      "--reason",
+      "not today",
+      "--data-dir",
+      tg.dataDir,
+    ]);
+    expect(denied.code, denied.stderr).toBe(0);
+    const result = await call;
+    expect(result.isError).toBe(true);
+    expect(result.content).toEqual([
+      {
+        type: "text",
+        text: expect.stringMatching(/tools\/call get-sum was not made: denied by alice: not today/),
+      },
+    ]);
+    await client.close();
+    const receipts = await receiptsOf(tg);
+    expect(receipts.find((r) => r.type === "approval")?.data).toMatchObject({
+      decision: "deny",
+      approver: "alice",
+    });
+    expect(receipts.some((r) => r.type === "response_inspection" && r.subject.method === "tools/call")).toBe(
+      false,
+    );
+  });
+
+  it("no answer before the hold ends means denied, recorded, and the agent told", async () => {
+    const { tg, client } = await setup(2);
+    const result = await sum(client);
+    expect(result.isError).toBe(true);
+    expect((result.content as { text: string }[])[0]!.text).toMatch(
+      /no approver answered before the hold ended/,
+    );
+    await client.close();
+    const receipts = await receiptsOf(tg);
+    expect(receipts.find((r) => r.type === "approval")?.data).toMatchObject({
+      decision: "timeout",
+      statement: null,
+    });
+  });
+
+  it("a statement cannot be replayed for another call, nor for an identical later one, nor come from a stranger", async () => {
+    const { tg, client, alice } = await setup();
+    const first = sum(client);
+    const [a] = await pendingOf(tg);
+    const statementA = signApproval(
+      a!.binding,
+      { decision: "approve", reason: null, expires: a!.deadline },
+      alice,
+    );
+    await adminRequest(tg.gateway.adminSocket!, {
+      cmd: "answer",
+      approval_id: a!.approval_id,
+      statement: statementA,
+    });
+    expect((await first).isError).toBeFalsy();
+    // Replaying the settled approval fails, and so does using it for the identical second call.
+    await expect(
+      adminRequest(tg.gateway.adminSocket!, {
+        cmd: "answer",
+        approval_id: a!.approval_id,
+        statement: statementA,
+      }),
+    ).rejects.toThrow(/already settled|no pending approval/);
+    const second = sum(client);
+    const [b] = await pendingOf(tg);
+    expect(b!.approval_id).not.toBe(a!.approval_id);
+    await expect(
+      adminRequest(tg.gateway.adminSocket!, {
+        cmd: "answer",
+        approval_id: b!.approval_id,
+        statement: statementA,
+      }),
+    ).rejects.toThrow(/for another call \(approval_id differs\)/);
+    const stranger = signerFromPem(generateKeyPem().privatePem);
+    const forged = signApproval(
+      b!.binding,
+      { decision: "approve", reason: null, expires: b!.deadline },
+      stranger,
+    );
+    await expect(
+      adminRequest(tg.gateway.adminSocket!, {
+        cmd: "answer",
+        approval_id: b!.approval_id,
+        statement: forged,
+      }),
+    ).rejects.toThrow(/not a configured approver/);
+    const tampered = {
+      ...signApproval(b!.binding, { decision: "deny", reason: null, expires: b!.deadline }, alice),
+    };
+    tampered.decision = "approve";
+    await expect(
+      adminRequest(tg.gateway.adminSocket!, {
+        cmd: "answer",
+        approval_id: b!.approval_id,
+        statement: tampered,
+      }),
+    ).rejects.toThrow(/signature does not verify/);
+    const expired = signApproval(
+      b!.binding,
+      { decision: "approve", reason: null, expires: "2020-01-01T00:00:00Z" },
+      alice,
+    );
+    await expect(
+      adminRequest(tg.gateway.adminSocket!, {
+        cmd: "answer",
+        approval_id: b!.approval_id,
+        statement: expired,
+      }),
+    ).rejects.toThrow(/expired/);
+    // Still pending after every refused attempt; stopping the gateway denies it, recorded.
+    expect(await pendingOf(tg)).toHaveLength(1);
+    const receipts = await receiptsOf(tg);
+    expect((await second).isError).toBe(true);
+    expect(receipts.filter((r) => r.type === "approval").map((r) => r.data?.decision)).toEqual([
+      "approve",
+      "shutdown",
+    ]);
+  });
+});
+
+describe("argument summaries for approvers", () => {
+  it("masks secret-looking names and values and shortens long strings", () => {
+    expect(
+      summarizeArguments({
+        arguments: {
+          path: "/srv/a.txt",
+          api_key: "abc",
+          note: "sk-live-123",
+          body: "x".repeat(100),
+          n: 3,
+          list: [1, 2],
+          obj: { a: 1 },
+        },
+      }),
+    ).toEqual({
+      path: '"/srv/a.txt"',
+      api_key: "«masked»",
+      note: "«masked»",
+      body: `"${"x".repeat(24)}"… (100 chars)`,
+      n: "3",
+      list: "[2 items]",
+      obj: "{1 keys}",
+    });
+    expect(summarizeArguments(null)).toEqual({});
+  });
+});
