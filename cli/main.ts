@@ -294,6 +294,27 @@ export function buildProgram(): Command {
       process.exitCode = await runPolicyTest(dir, opts);
     });
 
+  // `cmcp scan FILE`: the tool-definition (poisoning) scanner, rules from policies/scanner-rules.json.
+  program
+    .command("scan")
+    .description(
+      "Scan MCP tool definitions for poisoning: instructions aimed at the model, hidden markup, references to other servers' tools, secret paths, exfiltration URLs, invisible or look-alike Unicode, encoded blobs and abnormal length. FILE holds a tools/list result, an array of tools, one tool, or a catalog with a tools array. Prints each finding with its rule, severity, JSON path, offending span and explanation. Exit 0 when no finding reaches --fail-on, 1 when one does, 2 when the file or the rules cannot be read.",
+    )
+    .argument("<file>", "JSON file holding tool definitions")
+    .option("--json", "print the findings as JSON")
+    .addOption(
+      new Option("--fail-on <severity>", "least severity that fails the scan")
+        .choices(["low", "medium", "high"])
+        .default("high"),
+    )
+    .option("--rules <file>", "scanner rules (default: the shipped policies/scanner-rules.json)")
+    .action(
+      async (file: string, opts: { json?: boolean; failOn: "low" | "medium" | "high"; rules?: string }) => {
+        const { runScan } = await import("./scan-command.js");
+        process.exitCode = await runScan(file, opts);
+      },
+    );
+
   return program;
 }
 

@@ -1,0 +1,811 @@
+/**
+ * The rule kinds of the tool-definition scanner. Each kind is code that reads
+ * rule data (patterns, keyword lists, character classes, thresholds) from a
+ * compiled rule and turns matches in a definition's fields into findings.
+ * Every loop here is linear in the text it reads (bounded patterns, bounded
+ * windows, capped findings).
+ */
+import {
+  SEVERITY_RANK,
+  type CompiledRule,
+  type CompiledWindow,
+  type FieldRole,
+  type Severity,
+  type SeverityOrNone,
+} from "./tool-scanner-rules.js";
+import {
+  codepointName,
+  decodeBase32,
+  decodeBase64,
+  decodeHex,
+  decodePercent,
+  entropy,
+  foldText,
+  gunzipLimited,
+  isInvisible,
+  mapSpan,
+  readableText,
+  renderVisible,
+  rot13,
+  scriptTester,
+  type FoldedText,
+} from "./tool-scanner-text.js";
+import type { CatalogTool, Finding, ScanLimits } from "./tool-scanner.js";
+
+/** One string read from a definition. */
+export interface FieldText {
+  path: string;
+  role: FieldRole;
+  target: "value" | "key";
+  /** The string, cut to the scan limit. */
+  text: string;
+  fullLength: number;
+  folded?: FoldedText;
+}
+
+export interface StructureStats {
+  depth: { value: number; path: string };
+  enums: { path: string; value: number }[];
+  properties: { path: string; value: number }[];
+  bytes: number;
+}
+
+export interface ScanContext {
+  name: string | null;
+  server: string | undefined;
+  catalog: readonly CatalogTool[];
+  limits: ScanLimits;
+  stats: StructureStats;
+  truncatedDefinition: boolean;
+}
+
+const NON_ASCII = /[\u0080-\u{10FFFF}]/u;
+const IDENTIFIER_ROLES: ReadonlySet<FieldRole> = new Set(["name", "property-name"]);
+
+function folded(field: FieldText): FoldedText {
+  field.folded ??= foldText(field.text, IDENTIFIER_ROLES.has(field.role));
+  return field.folded;
+}
+
+function finding(
+  rule: CompiledRule,
+  field: Pick<FieldText, "path" | "target" | "text">,
+  start: number,
+  end: number,
+  severity: Severity = rule.severity,
+  detail?: string,
+): Finding {
+  return {
+    ruleId: rule.id,
+    category: rule.category,
+    severity,
+    title: rule.title,
+    path: field.path,
+    target: field.target,
+    span: { start, end, text: renderVisible(field.text.slice(start, end)) },
+    explanation: rule.explanation,
+    ...(detail !== undefined ? { detail } : {}),
+  };
+}
+
+function maxOf(a: Severity, b: Severity): Severity {
+  return SEVERITY_RANK[a] >= SEVERITY_RANK[b] ? a : b;
+}
+
+// ---- regex and keywords --------------------------------------------------------------------------
+
+function matchAll(re: RegExp, text: string, cap: number, each: (start: number, end: number) => void): number {
+  re.lastIndex = 0;
+  let n = 0;
+  let total = 0;
+  for (;;) {
+    const m = re.exec(text);
+    if (m === null) break;
+    if (m[0].length === 0) {
+      re.lastIndex++;
+      continue;
+    }
+    total++;
+    if (n < cap) {
+      each(m.index, m.index + m[0].length);
+      n++;
+    }
+  }
+  return total;
+}
+
+/** The text a context window looks at, around [start, end) of `text`. */
+function windowText(text: string, w: CompiledWindow, start: number, end: number): string {
+  if (w.before > 0 && w.after > 0) return text.slice(Math.max(0, start - w.before), end + w.after);
+  if (w.before > 0) return text.slice(Math.max(0, start - w.before), start);
+  return text.slice(end, end + w.after);
+}
+
+function runPatterns(
+  rule: Extract<CompiledRule, { kind: "regex" | "keywords" }>,
+  regexes: RegExp[],
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  const f = folded(field);
+  const spans: { start: number; end: number }[] = [];
+  for (const re of regexes) {
+    if (spans.length >= cap) break;
+    // Matches that fail their context do not use up the cap; the scan stays linear because
+    // each window is a bounded slice tested by a linted pattern.
+    matchAll(re, f.text, Number.MAX_SAFE_INTEGER, (s, e) => {
+      if (spans.length >= cap) return;
+      if (!rule.near.every((w) => w.regex.test(windowText(f.text, w, s, e)))) return;
+      if (rule.unless.some((w) => w.regex.test(windowText(f.text, w, s, e)))) return;
+      spans.push(mapSpan(f, s, e));
+    });
+  }
+  // Overlapping or touching matches of one rule (two alternatives on the same words) are one finding.
+  spans.sort((a, b) => a.start - b.start);
+  let cur: { start: number; end: number } | undefined;
+  for (const sp of spans) {
+    if (cur !== undefined && sp.start <= cur.end + 1) cur.end = Math.max(cur.end, sp.end);
+    else {
+      if (cur !== undefined) out.push(finding(rule, field, cur.start, cur.end));
+      cur = { ...sp };
+    }
+  }
+  if (cur !== undefined) out.push(finding(rule, field, cur.start, cur.end));
+}
+
+// ---- unicode -------------------------------------------------------------------------------------
+
+const PICTOGRAPHIC = /^\p{Extended_Pictographic}$/u;
+const EMOJI = /^[\p{Emoji}\u20e3]$/u;
+const EMOJI_MODIFIER = /^[\p{Emoji_Modifier}\ufe0f]$/u;
+const LETTER_OR_MARK = /^[\p{L}\p{M}]$/u;
+const LATIN_OR_COMMON = /^[\p{Script=Latin}\p{Script=Common}\p{Script=Inherited}]$/u;
+const TAG_CANCEL = 0xe007f;
+const BLACK_FLAG = 0x1f3f4;
+
+function cpAt(s: string, i: number): number | undefined {
+  return i >= 0 && i < s.length ? s.codePointAt(i) : undefined;
+}
+/** The code point ending just before index i. */
+function cpBefore(s: string, i: number): { cp: number; at: number } | undefined {
+  if (i <= 0) return undefined;
+  const lo = s.charCodeAt(i - 1);
+  if (lo >= 0xdc00 && lo <= 0xdfff && i >= 2) {
+    const hi = s.charCodeAt(i - 2);
+    if (hi >= 0xd800 && hi <= 0xdbff) return { cp: s.codePointAt(i - 2) as number, at: i - 2 };
+  }
+  return { cp: lo, at: i - 1 };
+}
+const chr = (cp: number | undefined): string => (cp === undefined ? "" : String.fromCodePoint(cp));
+
+/** Whether the character at [i, i+len) is an accepted use in context (an emoji sequence, a joiner in a script). */
+function excepted(
+  rule: Extract<CompiledRule, { kind: "unicode" }>,
+  s: string,
+  i: number,
+  cp: number,
+  len: number,
+): boolean {
+  const ex = rule.except;
+  if (ex.has("emoji-tag-sequence") && cp >= 0xe0020 && cp <= TAG_CANCEL) {
+    // Subdivision flags: U+1F3F4, 1-10 tag characters, U+E007F.
+    let j = i;
+    let n = 0;
+    let b = cpBefore(s, j);
+    while (b !== undefined && b.cp >= 0xe0020 && b.cp < TAG_CANCEL && n < 10) {
+      j = b.at;
+      n++;
+      b = cpBefore(s, j);
+    }
+    if (b?.cp !== BLACK_FLAG) return false;
+    let k = i;
+    let m = 0;
+    while (m <= 10) {
+      const c = cpAt(s, k);
+      if (c === TAG_CANCEL) return n + m <= 10;
+      if (c === undefined || c < 0xe0020 || c > 0xe007e) return false;
+      k += 2;
+      m++;
+    }
+    return false;
+  }
+  if (ex.has("emoji-zwj-sequence") && cp === 0x200d) {
+    let b = cpBefore(s, i);
+    while (b !== undefined && EMOJI_MODIFIER.test(chr(b.cp))) b = cpBefore(s, b.at);
+    const after = chr(cpAt(s, i + len));
+    return b !== undefined && PICTOGRAPHIC.test(chr(b.cp)) && PICTOGRAPHIC.test(after);
+  }
+  if (ex.has("emoji-presentation") && (cp === 0xfe0f || cp === 0xfe0e)) {
+    const b = cpBefore(s, i);
+    return b !== undefined && EMOJI.test(chr(b.cp));
+  }
+  if (ex.has("joiner-in-script") && (cp === 0x200c || cp === 0x200d)) {
+    // ZWNJ/ZWJ shape letters in Arabic, Persian, Indic scripts: accepted between two such letters.
+    const b = cpBefore(s, i);
+    const before = chr(b?.cp);
+    const after = chr(cpAt(s, i + len));
+    return (
+      LETTER_OR_MARK.test(before) &&
+      LETTER_OR_MARK.test(after) &&
+      !LATIN_OR_COMMON.test(before) &&
+      !LATIN_OR_COMMON.test(after)
+    );
+  }
+  return false;
+}
+
+function decodeHidden(kind: "tags" | "variation-selectors" | undefined, run: string): string | undefined {
+  if (kind === "tags") {
+    let out = "";
+    for (const ch of run) {
+      const cp = ch.codePointAt(0) as number;
+      if (cp >= 0xe0020 && cp <= 0xe007e) out += String.fromCharCode(cp - 0xe0000);
+    }
+    return out.length > 0 ? out : undefined;
+  }
+  if (kind === "variation-selectors") {
+    const bytes: number[] = [];
+    for (const ch of run) {
+      const cp = ch.codePointAt(0) as number;
+      if (cp >= 0xfe00 && cp <= 0xfe0f) bytes.push(cp - 0xfe00);
+      else if (cp >= 0xe0100 && cp <= 0xe01ef) bytes.push(cp - 0xe0100 + 16);
+    }
+    const text = readableText(Uint8Array.from(bytes), 1);
+    return text ?? undefined;
+  }
+  return undefined;
+}
+
+function unicodeChars(
+  rule: Extract<CompiledRule, { kind: "unicode" }>,
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  const re = rule.chars as RegExp;
+  const s = field.text;
+  re.lastIndex = 0;
+  const runs: { start: number; end: number; count: number }[] = [];
+  let total = 0;
+  for (;;) {
+    const m = re.exec(s);
+    if (m === null) break;
+    const cp = m[0].codePointAt(0) as number;
+    if (excepted(rule, s, m.index, cp, m[0].length)) continue;
+    total++;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last.end === m.index) {
+      last.end = m.index + m[0].length;
+      last.count++;
+    } else if (runs.length < cap) runs.push({ start: m.index, end: m.index + m[0].length, count: 1 });
+  }
+  if (total === 0) return;
+  let severity = IDENTIFIER_ROLES.has(field.role) ? rule.identifierSeverity : rule.severity;
+  if (rule.highAtCount > 0 && total >= rule.highAtCount) severity = "high";
+  for (const r of runs) {
+    const run = s.slice(r.start, r.end);
+    const names = [...new Set([...run].map((c) => codepointName(c.codePointAt(0) as number)))];
+    const decoded = decodeHidden(rule.decode, run);
+    const detail =
+      `${r.count} character${r.count === 1 ? "" : "s"} (${names.slice(0, 6).join(", ")}${names.length > 6 ? ", …" : ""})` +
+      (total > r.count ? `; ${total} in this field` : "") +
+      (decoded !== undefined ? `; hidden text reads: "${renderVisible(decoded, 200)}"` : "");
+    out.push(finding(rule, field, r.start, r.end, severity, detail));
+  }
+}
+
+function scriptsOf(rule: Extract<CompiledRule, { kind: "unicode" }>, text: string): Set<string> {
+  const found = new Set<string>();
+  for (const ch of text) {
+    if (!LETTER_OR_MARK.test(ch)) continue;
+    for (const name of rule.scripts) {
+      if (scriptTester(name).test(ch)) {
+        found.add(name);
+        break;
+      }
+    }
+  }
+  return found;
+}
+
+function mixedScript(
+  rule: Extract<CompiledRule, { kind: "unicode" }>,
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  const s = field.text;
+  const allowed = (set: Set<string>): boolean =>
+    set.size < 2 || rule.allowed.some((combo) => [...set].every((x) => combo.includes(x)));
+  const identifier = IDENTIFIER_ROLES.has(field.role);
+  // Identifiers are judged whole (a Cyrillic word beside a Latin one is still a look-alike name);
+  // prose word by word, since honest text mixes scripts across words.
+  const units: { start: number; end: number }[] = [];
+  if (identifier) units.push({ start: 0, end: s.length });
+  else {
+    const word = /[\p{L}\p{M}\p{N}]{2,60}/gu;
+    matchAll(word, s, Number.MAX_SAFE_INTEGER, (a, b) => {
+      if (NON_ASCII.test(s.slice(a, b))) units.push({ start: a, end: b });
+    });
+  }
+  let n = 0;
+  for (const u of units) {
+    if (n >= cap) break;
+    const text = s.slice(u.start, u.end);
+    const set = scriptsOf(rule, text);
+    if (allowed(set)) continue;
+    const foreign = [...text].filter((ch) => LETTER_OR_MARK.test(ch) && !/^\p{Script=Latin}$/u.test(ch));
+    const detail = `mixes ${[...set].join(" and ")} letters${
+      foreign.length > 0 && foreign.length <= 8
+        ? `: ${foreign.map((ch) => `${ch} ${codepointName(ch.codePointAt(0) as number)}`).join(", ")}`
+        : ""
+    }`;
+    out.push(
+      finding(rule, field, u.start, u.end, identifier ? rule.identifierSeverity : rule.severity, detail),
+    );
+    n++;
+  }
+}
+
+function compatibilityForms(
+  rule: Extract<CompiledRule, { kind: "unicode" }>,
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  const s = field.text;
+  let run: { start: number; end: number; plain: string } | null = null;
+  const runs: { start: number; end: number; plain: string }[] = [];
+  let i = 0;
+  while (i < s.length) {
+    const cp = s.codePointAt(i) as number;
+    const ch = String.fromCodePoint(cp);
+    const next = i + ch.length;
+    let plain = "";
+    if (cp >= 0x80 && /[\p{L}\p{Nd}]/u.test(ch)) {
+      const n = ch.normalize("NFKC");
+      if (n.length === 1 && /[A-Za-z0-9]/.test(n)) plain = n;
+    }
+    if (plain !== "") {
+      if (run !== null && run.end === i) {
+        run.end = next;
+        run.plain += plain;
+      } else {
+        run = { start: i, end: next, plain };
+        runs.push(run);
+      }
+    }
+    i = next;
+  }
+  const severity = IDENTIFIER_ROLES.has(field.role) ? rule.identifierSeverity : rule.severity;
+  for (const r of runs.slice(0, cap))
+    out.push(finding(rule, field, r.start, r.end, severity, `reads as "${r.plain}" once normalized (NFKC)`));
+}
+
+// ---- encoded blobs -------------------------------------------------------------------------------
+
+const B64_CHAR = /[A-Za-z0-9+/]/;
+const ALNUM = /[A-Za-z0-9]/;
+
+interface Candidate {
+  start: number;
+  end: number;
+}
+
+/** Maximal runs of `ok` characters, optionally followed by '=' padding, bounded by non-alphanumerics. */
+function runsOf(s: string, ok: RegExp, minLength: number, padding: boolean): Candidate[] {
+  const out: Candidate[] = [];
+  let i = 0;
+  while (i < s.length) {
+    if (!ok.test(s[i] as string)) {
+      i++;
+      continue;
+    }
+    const start = i;
+    while (i < s.length && ok.test(s[i] as string)) i++;
+    let end = i;
+    if (padding) while (end < s.length && s[end] === "=" && end - i < 6) end++;
+    const before = start > 0 ? (s[start - 1] as string) : "";
+    const after = end < s.length ? (s[end] as string) : "";
+    if (end - start >= minLength && !ALNUM.test(before) && !ALNUM.test(after)) out.push({ start, end });
+    i = Math.max(end, i);
+  }
+  return out;
+}
+
+function percentRuns(s: string, minLength: number): Candidate[] {
+  const out: Candidate[] = [];
+  let i = 0;
+  while (i < s.length) {
+    if (s[i] === "%" && /^%[0-9A-Fa-f]{2}/.test(s.slice(i, i + 3))) {
+      const start = i;
+      while (i < s.length && /^%[0-9A-Fa-f]{2}/.test(s.slice(i, i + 3))) i += 3;
+      if (i - start >= minLength) out.push({ start, end: i });
+    } else i++;
+  }
+  return out;
+}
+
+function rot13Candidates(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, s: string): Candidate[] {
+  const out: Candidate[] = [];
+  // Sentences of ASCII words; judged by how many common words appear before and after ROT13.
+  const sentence = /[A-Za-z][A-Za-z' ,-]{0,300}/g;
+  matchAll(sentence, s, Number.MAX_SAFE_INTEGER, (a, b) => {
+    const text = s.slice(a, b);
+    const words = text.toLowerCase().match(/[a-z]{1,30}/g) ?? [];
+    if (words.length < rule.textMinWords) return;
+    const plain = words.filter((w) => rule.commonWords.has(w)).length;
+    const rotated = words.filter((w) => rule.commonWords.has(rot13(w))).length;
+    if (rotated >= Math.max(3, Math.ceil(words.length / 4)) && rotated > 3 * plain)
+      out.push({ start: a, end: b });
+  });
+  return out;
+}
+
+function entropyBlob(
+  rule: Extract<CompiledRule, { kind: "entropy-blob" }>,
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  const s = field.text;
+  let candidates: Candidate[];
+  switch (rule.encoding) {
+    case "base64":
+      candidates = runsOf(s, B64_CHAR, rule.minLength, true).filter(({ start, end }) => {
+        const t = s.slice(start, end);
+        // A base64 blob mixes cases with digits, '+' or padding; identifiers, words and paths
+        // (whose '/' is also in the alphabet) do not.
+        return (
+          /[A-Z]/.test(t) && /[a-z]/.test(t) && (/[0-9+]/.test(t) || t.endsWith("=")) && !t.includes("//")
+        );
+      });
+      break;
+    case "base32":
+      candidates = runsOf(s, /[A-Z2-7]/, rule.minLength, true).filter(({ start, end }) =>
+        /[2-7=]/.test(s.slice(start, end)),
+      );
+      break;
+    case "hex":
+      candidates = runsOf(s, /[0-9a-fA-F]/, rule.minLength, false).filter(
+        ({ start, end }) => (end - start) % 2 === 0,
+      );
+      break;
+    case "percent":
+      candidates = percentRuns(s, rule.minLength);
+      break;
+    case "rot13":
+      candidates = rot13Candidates(rule, s);
+      break;
+  }
+  let n = 0;
+  for (const c of candidates) {
+    if (n >= cap) break;
+    const blob = s.slice(c.start, c.end);
+    if (rule.encoding === "rot13") {
+      out.push(
+        finding(
+          rule,
+          field,
+          c.start,
+          c.end,
+          rule.severity,
+          `reads after ROT13: "${renderVisible(rot13(blob), 160)}"`,
+        ),
+      );
+      n++;
+      continue;
+    }
+    if (rule.minEntropy > 0 && entropy(blob.replace(/=+$/, "")) < rule.minEntropy) continue;
+    let bytes: Uint8Array | null;
+    if (rule.encoding === "base64") bytes = decodeBase64(blob);
+    else if (rule.encoding === "base32") bytes = decodeBase32(blob);
+    else if (rule.encoding === "hex") bytes = decodeHex(blob);
+    else bytes = decodePercent(blob);
+    let via = rule.encoding as string;
+    if (bytes !== null) {
+      const unzipped = gunzipLimited(bytes, 64 * 1024);
+      if (unzipped !== null) {
+        bytes = unzipped;
+        via += "+gzip";
+      }
+    }
+    const text = bytes === null ? null : readableText(bytes, rule.textMinWords);
+    if (text !== null) {
+      out.push(
+        finding(
+          rule,
+          field,
+          c.start,
+          c.end,
+          rule.severity,
+          `${via} decodes to: "${renderVisible(text, 200)}"`,
+        ),
+      );
+      n++;
+    } else if (rule.blobSeverity !== "none") {
+      const detail = via.endsWith("+gzip")
+        ? `${blob.length} characters of ${via}: a compressed payload`
+        : `${blob.length} characters of ${rule.encoding} that do not decode to readable text`;
+      out.push(
+        finding(
+          rule,
+          field,
+          c.start,
+          c.end,
+          via.endsWith("+gzip") ? rule.severity : rule.blobSeverity,
+          detail,
+        ),
+      );
+      n++;
+    }
+  }
+}
+
+// ---- length --------------------------------------------------------------------------------------
+
+function thresholdFor(rule: Extract<CompiledRule, { kind: "length" }>, value: number): Severity | null {
+  let hit: Severity | null = null;
+  for (const t of rule.thresholds) if (value >= t.atLeast) hit = t.severity;
+  return hit;
+}
+
+const PADDING = /[\s\p{P}\p{S}\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
+
+function longestPadding(s: string): { start: number; end: number } {
+  let best = { start: 0, end: 0 };
+  let start = -1;
+  let i = 0;
+  while (i <= s.length) {
+    const cp = s.codePointAt(i);
+    const ch = cp === undefined ? "" : String.fromCodePoint(cp);
+    const pad = ch !== "" && (PADDING.test(ch) || isInvisible(ch));
+    if (pad && start < 0) start = i;
+    if (!pad && start >= 0) {
+      if (i - start > best.end - best.start) best = { start, end: i };
+      start = -1;
+    }
+    i += ch === "" ? 1 : ch.length;
+  }
+  return best;
+}
+
+function lengthRule(
+  rule: Extract<CompiledRule, { kind: "length" }>,
+  fields: FieldText[],
+  ctx: ScanContext,
+  out: Finding[],
+): void {
+  const structural = (items: { path: string; value: number }[], unit: string): void => {
+    for (const it of items) {
+      const sev = thresholdFor(rule, it.value);
+      if (sev === null) continue;
+      out.push({
+        ...finding(rule, { path: it.path, target: "value", text: "" }, 0, 0, sev),
+        detail: `${it.value} ${unit}`,
+      });
+    }
+  };
+  switch (rule.measure) {
+    case "chars":
+      for (const f of fields) {
+        if (!rule.roles.has(f.role)) continue;
+        const sev = thresholdFor(rule, f.fullLength);
+        if (sev !== null)
+          out.push(finding(rule, f, 0, Math.min(f.text.length, 80), sev, `${f.fullLength} characters`));
+      }
+      break;
+    case "padding-run":
+      for (const f of fields) {
+        if (!rule.roles.has(f.role)) continue;
+        const run = longestPadding(f.text);
+        const sev = thresholdFor(rule, run.end - run.start);
+        if (sev !== null)
+          out.push(
+            finding(
+              rule,
+              f,
+              run.start,
+              run.end,
+              sev,
+              `${run.end - run.start} characters of blank, punctuation or invisible padding`,
+            ),
+          );
+      }
+      break;
+    case "enum-values":
+      structural(ctx.stats.enums, "enum values");
+      break;
+    case "properties":
+      structural(ctx.stats.properties, "properties");
+      break;
+    case "schema-depth":
+      structural([ctx.stats.depth], "levels of nesting");
+      break;
+    case "definition-bytes":
+      structural([{ path: "$", value: ctx.stats.bytes }], "bytes of text");
+      break;
+  }
+}
+
+// ---- cross-references ----------------------------------------------------------------------------
+
+/** Names worth looking for in prose: identifier-shaped (a separator or a camelCase hump). */
+function identifierShaped(name: string, minLength: number): boolean {
+  return name.length >= minLength && (/[_\-.]/.test(name) || /[a-z][A-Z]/.test(name));
+}
+
+/** A name folded for look-alike comparison: NFKC, no invisible characters, lower case. */
+function lookalikeKey(name: string): string {
+  return [...name.normalize("NFKC")]
+    .filter((ch) => !isInvisible(ch))
+    .join("")
+    .toLowerCase();
+}
+
+function crossReference(
+  rule: Extract<CompiledRule, { kind: "cross-reference" }>,
+  fields: FieldText[],
+  ctx: ScanContext,
+  cap: number,
+  out: Finding[],
+): void {
+  const self = ctx.name;
+  const others = ctx.catalog.filter((t) => !(t.name === self && t.server === ctx.server));
+  const nameField = fields.find((f) => f.path === "$.name" && f.target === "value");
+  if (rule.check === "name-collision") {
+    if (self === null || nameField === undefined) return;
+    const hit = others.find((t) => t.name === self && t.server !== ctx.server);
+    if (hit)
+      out.push(
+        finding(
+          rule,
+          nameField,
+          0,
+          self.length,
+          rule.severity,
+          `"${self}" is also a tool of ${hit.server ?? "another server"}`,
+        ),
+      );
+    return;
+  }
+  if (rule.check === "lookalike-name") {
+    if (self === null || nameField === undefined) return;
+    const key = lookalikeKey(self);
+    const nonAscii = NON_ASCII.test(self);
+    for (const t of others) {
+      if (t.name === self) continue;
+      let similar = lookalikeKey(t.name) === key;
+      if (!similar && nonAscii && [...self].length === [...t.name].length) {
+        // Same length, and every ASCII character in place: the rest are stand-ins for letters.
+        const a = [...self];
+        const b = [...t.name];
+        similar = a.every((ch, i) => ch.charCodeAt(0) >= 0x80 || ch === b[i]) && !NON_ASCII.test(t.name);
+      }
+      if (similar) {
+        out.push(
+          finding(
+            rule,
+            nameField,
+            0,
+            self.length,
+            rule.severity,
+            `looks like "${t.name}"${t.server !== undefined ? ` (${t.server})` : ""}`,
+          ),
+        );
+        return;
+      }
+    }
+    return;
+  }
+  // catalog-mention
+  const index = new Map<string, CatalogTool[]>();
+  for (const t of others) {
+    if (t.name === self || !identifierShaped(t.name, rule.minNameLength)) continue;
+    const list = index.get(t.name) ?? [];
+    list.push(t);
+    index.set(t.name, list);
+  }
+  if (index.size === 0) return;
+  const token = /[A-Za-z0-9][A-Za-z0-9_-]{0,127}/g;
+  let n = 0;
+  for (const f of fields) {
+    if (n >= cap || !rule.roles.has(f.role)) continue;
+    const s = f.text;
+    matchAll(token, s, Number.MAX_SAFE_INTEGER, (a, b) => {
+      if (n >= cap) return;
+      const hits = index.get(s.slice(a, b));
+      if (hits === undefined) return;
+      // A name the scanned tool's own server also offers refers to that sibling.
+      const sibling = hits.some((t) => t.server === ctx.server);
+      const owner = hits.find((t) => t.server !== ctx.server) ?? hits[0];
+      let sev: SeverityOrNone = sibling ? rule.siblingSeverity : rule.severity;
+      if (sev === "none") return;
+      let why = sibling ? "a tool of the same server" : `a tool of ${owner?.server ?? "another server"}`;
+      if (rule.context !== null) {
+        const lo = Math.max(0, a - rule.window);
+        const hi = Math.min(s.length, b + rule.window);
+        rule.context.lastIndex = 0;
+        if (rule.context.test(s.slice(lo, hi))) {
+          sev = sibling ? sev : maxOf(sev, rule.contextSeverity);
+          if (!sibling) why += ", with instructions about how it must be used";
+        }
+      }
+      out.push(finding(rule, f, a, b, sev, `names ${why}`));
+      n++;
+    });
+  }
+}
+
+// ---- combinations ------------------------------------------------------------------------------
+
+/** Reports a field where enough distinct rules of the given categories have already reported. */
+function combination(
+  rule: Extract<CompiledRule, { kind: "combination" }>,
+  fields: FieldText[],
+  out: Finding[],
+): void {
+  const byField = new Map<string, { rules: Set<string>; start: number; end: number }>();
+  for (const f of out) {
+    if (
+      !rule.categories.has(f.category as never) ||
+      SEVERITY_RANK[f.severity] < SEVERITY_RANK[rule.minSeverity]
+    )
+      continue;
+    const key = `${f.target}\u0000${f.path}`;
+    const g = byField.get(key) ?? { rules: new Set<string>(), start: f.span.start, end: f.span.end };
+    g.rules.add(f.ruleId);
+    g.start = Math.min(g.start, f.span.start);
+    g.end = Math.max(g.end, f.span.end);
+    byField.set(key, g);
+  }
+  for (const field of fields) {
+    const g = byField.get(`${field.target}\u0000${field.path}`);
+    if (g === undefined || g.rules.size < rule.minRules) continue;
+    out.push(
+      finding(rule, field, g.start, g.end, rule.severity, `together: ${[...g.rules].sort().join(", ")}`),
+    );
+    byField.delete(`${field.target}\u0000${field.path}`);
+  }
+}
+
+// ---- dispatch ------------------------------------------------------------------------------------
+
+export function runRules(rules: readonly CompiledRule[], fields: FieldText[], ctx: ScanContext): Finding[] {
+  const out: Finding[] = [];
+  const cap = ctx.limits.maxFindingsPerRuleField;
+  for (const rule of rules) {
+    switch (rule.kind) {
+      case "regex":
+        for (const f of fields) if (rule.roles.has(f.role)) runPatterns(rule, rule.regexes, f, cap, out);
+        break;
+      case "keywords":
+        for (const f of fields) if (rule.roles.has(f.role)) runPatterns(rule, [rule.regex], f, cap, out);
+        break;
+      case "unicode":
+        for (const f of fields) {
+          if (!rule.roles.has(f.role)) continue;
+          if (rule.check === "chars") unicodeChars(rule, f, cap, out);
+          else if (!NON_ASCII.test(f.text)) continue;
+          else if (rule.check === "mixed-script") mixedScript(rule, f, cap, out);
+          else compatibilityForms(rule, f, cap, out);
+        }
+        break;
+      case "entropy-blob":
+        for (const f of fields) if (rule.roles.has(f.role)) entropyBlob(rule, f, cap, out);
+        break;
+      case "length":
+        lengthRule(rule, fields, ctx, out);
+        break;
+      case "cross-reference":
+        crossReference(rule, fields, ctx, cap, out);
+        break;
+      case "combination":
+        combination(rule, fields, out);
+        break;
+    }
+    if (out.length > ctx.limits.maxFindings * 4) break;
+  }
+  return out;
+}
