@@ -214,6 +214,8 @@ export const BOUNDARY = {
         reasons: { type: "array", maxItems: 64, items: { type: "string", maxLength: 2048 } },
         seq: { type: "integer", minimum: 0 },
         notify: { type: "boolean" },
+        /** Enforcing mode: redaction targets (arg:/pointer, result:/pointer) the runtime applies. */
+        redact: { type: "array", maxItems: 256, items: { type: "string", maxLength: 2048 } },
         /** require_approval in enforcing mode: hold the call and wait with await_approval. */
         hold: {
           type: "object",
@@ -410,6 +412,7 @@ export interface Bodies {
       reasons: string[];
       seq: number;
       notify: boolean;
+      redact?: string[];
       hold?: { approval_id: string; hold_ms: number };
     };
   };

@@ -363,7 +363,7 @@ export class Gateway {
         `session ${req.session.slice(0, 64)} was not opened by agent ${req.agent.slice(0, 64)}`,
       );
     }
-    const { failClosed, ...decision } = this.#policyDecision(req, session);
+    const { failClosed, redact, ...decision } = this.#policyDecision(req, session);
     const argumentsHash = hashOrRefuse(req.params, "governor.bad-params", "parameters");
     const appended = await this.chain.append({
       type: "decision",
@@ -380,6 +380,7 @@ export class Gateway {
       },
       decision,
       hashes: { arguments: argumentsHash },
+      ...(redact.length > 0 ? { data: { redact } } : {}),
     });
     const blocks = decision.outcome === "deny" || decision.outcome === "require_approval";
     // A fail-closed decision (no valid policy to run) blocks in every mode.
@@ -390,6 +391,8 @@ export class Gateway {
       reasons: decision.reasons,
       seq: appended.seq,
       notify: allow && decision.outcome !== "allow" && this.mode !== "silent",
+      // Redaction is enforcement: applied in enforcing mode only, like blocking.
+      ...(redact.length > 0 && this.mode === "enforcing" ? { redact } : {}),
     };
     if (allow || decision.outcome !== "require_approval") return reply;
     const pending = this.approvals.open(
@@ -415,7 +418,13 @@ export class Gateway {
   #policyDecision(
     req: Bodies["decide"]["req"],
     session: { workflows: readonly string[]; calls: number },
-  ): { outcome: DecisionOutcome; reasons: string[]; policy_ids: string[]; failClosed: boolean } {
+  ): {
+    outcome: DecisionOutcome;
+    reasons: string[];
+    policy_ids: string[];
+    redact: string[];
+    failClosed: boolean;
+  } {
     const now = new Date();
     if (artifactExpired(this.sealed.artifact, now)) {
       return {
@@ -424,6 +433,7 @@ export class Gateway {
           `policy artifact expired at ${this.sealed.artifact.expires}; a new sealed artifact and a restart are needed`,
         ],
         policy_ids: [],
+        redact: [],
         failClosed: true,
       };
     }
@@ -439,10 +449,25 @@ export class Gateway {
       context: { time: now, session_calls: session.calls },
     });
     session.calls++;
+    // Data classes need the data-inspection stage, which is not built: a redaction that cannot run refuses the call.
+    const classes = d.redact.filter((t) => t.startsWith("class:"));
+    if (classes.length > 0 && this.mode === "enforcing" && d.outcome !== "deny") {
+      return {
+        outcome: "deny",
+        reasons: [
+          `redaction of ${classes.join(", ")} cannot run (data classification is not available), so the call is refused`,
+          ...d.reasons,
+        ],
+        policy_ids: d.policy_ids,
+        redact: d.redact,
+        failClosed: true,
+      };
+    }
     return {
       outcome: d.outcome,
       reasons: d.reasons,
       policy_ids: d.policy_ids,
+      redact: d.redact,
       failClosed: d.errors.length > 0,
     };
   }

@@ -31,6 +31,7 @@ import {
   type ServerNotification,
 } from "@modelcontextprotocol/sdk/types.js";
 import type { Bodies, GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
+import { redactArguments, redactResult } from "./redaction.js";
 import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
 import { UpstreamConnection } from "./upstream-connector.js";
 import type { UpstreamPool } from "./upstream-pool.js";
@@ -388,7 +389,9 @@ export class ProxySession {
       const decided = await this.#decide(server, method, params, extra.requestId, target, extra);
       const up = await this.#upstream(server);
       const token = extra._meta?.progressToken;
-      const { _meta, ...rest } = params as Json & { _meta?: Json };
+      const { _meta, ...given } = params as Json & { _meta?: Json };
+      const redact = decided.redact ?? [];
+      const rest = redact.length > 0 ? redactArguments(given, redact) : given;
       const meta = _meta
         ? Object.fromEntries(Object.entries(_meta).filter(([k]) => k !== "progressToken"))
         : undefined;
@@ -429,6 +432,7 @@ export class ProxySession {
         if (i >= 0) list.splice(i, 1);
       }
       await this.#inspect(server, method, extra.requestId, "result", result);
+      if (redact.length > 0) result = redactResult(result, redact);
       return this.#tell(
         decided,
         method,

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import {
@@ -12,7 +12,9 @@ import {
   type Tool,
 } from "@modelcontextprotocol/sdk/types.js";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { toBase64 } from "../../artifacts/encoding.js";
+import { toBase64, utf8 } from "../../artifacts/encoding.js";
+import { sha256Hex } from "../../artifacts/hash.js";
+import { shippedBundlePath } from "../../governor/cedar-bundle.js";
 import type { Receipt } from "../../artifacts/receipt.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { loadConfig } from "../../governor/config.js";
@@ -319,6 +321,95 @@ describe("gateway decisions", () => {
       expect(
         receipts.find((r) => r.subject.tool === "echo" && r.type === "decision")?.decision?.outcome,
       ).toBe("deny");
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
+  it("enforcing mode redacts what @redact names, and refuses a data-class redaction it cannot run", async () => {
+    const tg = await startTestGateway(
+      { mode: "enforcing" },
+      {
+        policy: {
+          "allow-all.cedar": ALLOW_ALL,
+          "redact.cedar": [
+            '@id("echo-arg")\n@redact("arg:/message")\npermit (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/echo");',
+            '@id("sum-result")\n@redact("result:")\npermit (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/get-sum");',
+            '@id("env-pii")\n@redact("class:pii")\npermit (principal, action == Cmcp::Action::"tools/call", resource == Cmcp::Tool::"everything/get-env");',
+          ].join("\n"),
+        },
+      },
+    );
+    try {
+      const client = await connectClient(tg.url);
+      const echoed = await client.callTool({ name: "echo", arguments: { message: "my password" } });
+      expect(echoed).toMatchObject({ content: [{ text: "Echo: [redacted by cmcp policy]" }] });
+      expect(echoed._meta?.["cmcp/decision"]).toMatchObject({ outcome: "redact", would_block: false });
+      const summed = await client.callTool({ name: "get-sum", arguments: { a: 1, b: 2 } });
+      expect(summed.content).toEqual([{ type: "text", text: "[redacted by cmcp policy]" }]);
+      await expect(client.callTool({ name: "get-env", arguments: {} })).rejects.toThrow(
+        /redaction of class:pii cannot run/,
+      );
+      await client.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      const echo = receipts.find((r) => r.type === "decision" && r.subject.tool === "echo");
+      expect(echo?.decision?.outcome).toBe("redact");
+      expect(echo?.data).toEqual({ redact: ["arg:/message"] });
+    } finally {
+      await tg.cleanup();
+    }
+  });
+
+  it("a workflow scope narrows what the strict bundle allows, per agent token", async () => {
+    const bundle = shippedBundlePath("baseline-strict");
+    const files: Record<string, string> = {};
+    for (const name of await readdir(bundle))
+      if (name.endsWith(".cedar")) files[name] = await readFile(join(bundle, name), "utf8");
+    const token = (name: string) => `${name}-token-0123456789abcdef`;
+    const tg = await startTestGateway(
+      {
+        mode: "enforcing",
+        agents: [
+          {
+            name: "helpdesk",
+            token_sha256: sha256Hex(utf8(token("helpdesk"))),
+            workflows: ["support-agent"],
+          },
+          { name: "ops", token_sha256: sha256Hex(utf8(token("ops"))), workflows: [] },
+        ],
+      },
+      { policy: files },
+    );
+    try {
+      const as = (name: string) => connectClient(tg.url, {}, { Authorization: `Bearer ${token(name)}` });
+      const ops = await as("ops");
+      expect(await ops.callTool({ name: "echo", arguments: { message: "hi" } })).toMatchObject({
+        content: [{ text: "Echo: hi" }],
+      });
+      const helpdesk = await as("helpdesk");
+      await expect(helpdesk.callTool({ name: "echo", arguments: { message: "hi" } })).rejects.toThrow(
+        /workflow support-agent may call only/,
+      );
+      await writeFile(join(tg.sandbox, "faq.txt"), "read me");
+      expect(
+        await helpdesk.callTool({ name: "read_text_file", arguments: { path: join(tg.sandbox, "faq.txt") } }),
+      ).toMatchObject({ content: [{ text: "read me" }] });
+      // Neither agent gets what the strict bundle never allows.
+      await expect(
+        ops.callTool({ name: "write_file", arguments: { path: join(tg.sandbox, "x"), content: "x" } }),
+      ).rejects.toMatchObject({
+        code: -32010,
+      });
+      await ops.close();
+      await helpdesk.close();
+      await tg.stop();
+      const { receipts } = await exportedReceipts(tg);
+      const denied = receipts.find(
+        (r) => r.type === "decision" && r.subject.agent === "helpdesk" && r.subject.tool === "echo",
+      );
+      expect(denied?.subject.workflow).toBe("support-agent");
+      expect(denied?.decision?.policy_ids).toContain("workflows/support-agent-scope");
     } finally {
       await tg.cleanup();
     }
