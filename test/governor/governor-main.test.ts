@@ -1,10 +1,14 @@
 import { spawn } from "node:child_process";
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { toBase64 } from "../../artifacts/encoding.js";
+import { generateSigner } from "../../artifacts/keys.js";
+import type { PolicyArtifact } from "../../artifacts/policy-artifact.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { exportBundle } from "../../governor/export-bundle.js";
+import { writeSealedPolicy } from "../helpers/gateway.js";
 
 const CLI = new URL("../../cli/cmcp.ts", import.meta.url).pathname;
 let dir: string;
@@ -50,6 +54,49 @@ describe("cmcp start", () => {
     const report = await verifyBundleFile(out, { allowUnanchored: true });
     expect(report.ok).toBe(true);
     expect(report.counts.epochs).toBe(2);
+    // Dev mode sealed its own artifact each start and every epoch says so.
+    const artifact = report.steps.find((s) => s.id === "artifact")!;
+    expect(artifact.status).toBe("warn");
+    expect(artifact.detail).toMatch(/2 self-sealed by a dev-mode gateway/);
+  });
+
+  it("refuses to start on a tampered or foreign artifact or another mode, naming the check, and records nothing", async () => {
+    const { policy, artifact } = await writeSealedPolicy(dir);
+    const sealed = JSON.parse(await readFile(artifact.file, "utf8")) as PolicyArtifact;
+    const config = (file: string, over: object = {}) => ({
+      policy,
+      artifact: { ...artifact, file },
+      data_dir: join(dir, "data"),
+      listen: "127.0.0.1:0",
+      upstreams: [{ name: "a", command: "/bin/true" }],
+      ...over,
+    });
+    const cases: [string, unknown, object, RegExp][] = [
+      [
+        "tampered",
+        { ...sealed, enforcement_mode: "advisory" },
+        {},
+        /issuer signature: .*\[artifact\.signature\]/,
+      ],
+      [
+        "foreign",
+        sealed,
+        { artifact: { ...artifact, issuer_key: toBase64(generateSigner().publicKey) } },
+        /not the pinned issuer/,
+      ],
+      ["mode", sealed, { mode: "silent" }, /seals mode enforcing, but the config asks for silent/],
+    ];
+    for (const [name, value, over, message] of cases) {
+      const file = join(dir, `${name}.json`);
+      await writeFile(file, JSON.stringify(value));
+      const cfg = join(dir, `${name}.config.json`);
+      await writeFile(cfg, JSON.stringify({ ...config(file), ...over }));
+      const g = startGovernor(["--config", cfg]);
+      expect(await g.exited, name).toBe(2);
+      expect(g.stderr(), name).toMatch(message);
+    }
+    // Nothing started, so nothing was recorded.
+    await expect(readFile(join(dir, "data", "log.json"))).rejects.toMatchObject({ code: "ENOENT" });
   });
 
   it("refuses, with a clear error, a data directory the runtime user could not reach", async () => {
