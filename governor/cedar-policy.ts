@@ -33,6 +33,7 @@ import {
   CEDAR_NAMESPACE,
   noNeeds,
   SliceIndex,
+  targetKey,
   type ActionModel,
   type RequestNeeds,
   type Slice,
@@ -240,9 +241,10 @@ export class CedarEngine implements Decider {
     return this.#index ? this.#prepared.size : 1;
   }
 
-  #sliceFor(action: string, server: string | null): PreparedSlice | undefined {
+  #sliceFor(built: Built): PreparedSlice | undefined {
     if (!this.#index) return this.#all!;
-    const slice = this.#index.lookup(action, server);
+    const r = built.resource as { type: string; id: string };
+    const slice = this.#index.lookup(built.action, built.server, targetKey(r.type, r.id));
     return slice && this.#prepared.get(slice);
   }
 
@@ -275,7 +277,7 @@ export class CedarEngine implements Decider {
   policiesFor(req: CedarRequest): readonly string[] {
     const built = this.#build(req);
     if (typeof built === "string") return [];
-    return this.#sliceFor(built.action, built.server)?.ids ?? [];
+    return this.#sliceFor(built)?.ids ?? [];
   }
 
   /** Decider interface: the same as evaluate(). */
@@ -287,7 +289,7 @@ export class CedarEngine implements Decider {
     const built = this.#build(req);
     if (typeof built === "string") return failClosed(actionFor(req), [`invalid request: ${built}`], []);
     const actionEntity = this.#actionEntities.get(built.action);
-    const prepared = this.#sliceFor(built.action, built.server);
+    const prepared = this.#sliceFor(built);
     if (actionEntity === undefined || prepared === undefined)
       return failClosed(built.action, [`action ${built.action} is not in the schema`], []);
     // Nothing in scope: Cedar would find no satisfied policy and no error, so skip the call.

@@ -7,7 +7,8 @@
  *
  * Soundness: a policy is left out of a slice only when its scope alone proves
  * it cannot match; Cedar evaluates the scope before any condition, so such a
- * policy can neither be satisfied nor raise an error. Anything not understood
+ * policy can neither be satisfied nor raise an error. A policy scoped to one
+ * tool, resource or prompt goes only into that target's slice. Anything not understood
  * here (an unknown action type, a resource entity whose server cannot be
  * read from its ID) is kept in every slice of its actions. The equivalence
  * with unsliced evaluation is tested on generated requests
@@ -92,6 +93,21 @@ export function scopeServer(c: ResourceConstraint): string | null {
   return "entity" in c ? serverOfUid(c.entity) : null;
 }
 
+/**
+ * The one tool, resource or prompt a policy's resource scope confines it to
+ * (`==` or `in` such an entity: nothing is a descendant of one), as a slice
+ * key, or null.
+ */
+export function scopeTarget(c: ResourceConstraint): string | null {
+  if ((c.op !== "==" && c.op !== "in") || !("entity" in c)) return null;
+  const { type, id } = uidOf(c.entity);
+  return SERVER_SCOPED.has(type) && serverOfUid(c.entity) !== null ? targetKey(type, id) : null;
+}
+
+export function targetKey(type: string, id: string): string {
+  return `${type}\u0000${id}`;
+}
+
 function serverOfUid(e: EntityUidJson): string | null {
   const { type, id } = uidOf(e);
   if (type === SERVER_TYPE) return id;
@@ -112,30 +128,45 @@ export interface Slice {
   ids: string[];
 }
 
-/** For each (action, server): the policies that can apply. Identical slices are shared. */
+/**
+ * For each (action, server) and, where policies name one, each (action,
+ * server, tool/resource/prompt): the policies that can apply. Identical
+ * slices are shared.
+ */
 export class SliceIndex {
   readonly #byKey = new Map<string, Slice>();
   readonly #unique = new Map<string, Slice>();
 
   constructor(policies: readonly SlicePolicy[], model: ActionModel) {
-    const perAction = new Map<string, { global: string[]; byServer: Map<string, string[]> }>();
+    type PerServer = { ids: string[]; byTarget: Map<string, string[]> };
+    const perAction = new Map<string, { global: string[]; byServer: Map<string, PerServer> }>();
     for (const a of model.ancestors.keys()) perAction.set(a, { global: [], byServer: new Map() });
     for (const p of policies) {
       const server = scopeServer(p.json.resource);
+      const target = server === null ? null : scopeTarget(p.json.resource);
       for (const a of scopeActions(p.json.action, model)) {
         const entry = perAction.get(a)!;
-        if (server === null) entry.global.push(p.id);
+        if (server === null) {
+          entry.global.push(p.id);
+          continue;
+        }
+        let s = entry.byServer.get(server);
+        if (!s) entry.byServer.set(server, (s = { ids: [], byTarget: new Map() }));
+        if (target === null) s.ids.push(p.id);
         else {
-          const list = entry.byServer.get(server) ?? [];
+          const list = s.byTarget.get(target) ?? [];
           list.push(p.id);
-          entry.byServer.set(server, list);
+          s.byTarget.set(target, list);
         }
       }
     }
     for (const [action, { global, byServer }] of perAction) {
       this.#byKey.set(sliceKey(action, null), this.#share(global));
-      for (const [server, ids] of byServer)
+      for (const [server, { ids, byTarget }] of byServer) {
         this.#byKey.set(sliceKey(action, server), this.#share([...global, ...ids]));
+        for (const [target, only] of byTarget)
+          this.#byKey.set(sliceKey(action, server, target), this.#share([...global, ...ids, ...only]));
+      }
     }
   }
 
@@ -150,9 +181,13 @@ export class SliceIndex {
     return s;
   }
 
-  /** The slice for a request; undefined for an action the schema does not define. */
-  lookup(action: string, server: string | null): Slice | undefined {
+  /**
+   * The slice for a request whose resource is `target` (a targetKey) on
+   * `server`; undefined for an action the schema does not define.
+   */
+  lookup(action: string, server: string | null, target: string | null = null): Slice | undefined {
     return (
+      (server !== null && target !== null ? this.#byKey.get(sliceKey(action, server, target)) : undefined) ??
       (server !== null ? this.#byKey.get(sliceKey(action, server)) : undefined) ??
       this.#byKey.get(sliceKey(action, null))
     );
@@ -164,8 +199,12 @@ export class SliceIndex {
   }
 }
 
-function sliceKey(action: string, server: string | null): string {
-  return server === null ? `${action}\u0000` : `${action}\u0000${server}`;
+function sliceKey(action: string, server: string | null, target: string | null = null): string {
+  return server === null
+    ? `${action}\u0000`
+    : target === null
+      ? `${action}\u0000${server}`
+      : `${action}\u0000${server}\u0001${target}`;
 }
 
 /**
