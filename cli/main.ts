@@ -315,6 +315,89 @@ export function buildProgram(): Command {
       },
     );
 
+  // `cmcp catalog snapshot|diff|approve|hash`: the approved tool catalog (governor/catalog.ts).
+  {
+    const catalog = program
+      .command("catalog")
+      .description(
+        "Work with the approved tool catalog: the servers agents may reach, each server's pinned identity (its executable and package files, or its URL and TLS key), and the approved definitions of its tools, resources and prompts, each pinned by the SHA-256 of its canonical JSON. Agents are served the approved definitions; a live definition that differs is drift. Typical flow: snapshot, review (with diff against the previous catalog), approve, then cmcp seal --catalog-hash.",
+      );
+    catalog
+      .command("snapshot")
+      .description(
+        "Connect to every upstream in the gateway config, list its tools, resources, resource templates and prompts, compute its identity, run the poisoning scanner, and write a catalog for review (not yet approved) with the findings beside it (catalog.json -> catalog.findings.json). Commands that fetch whatever is newest at start (npx, pnpm dlx, uvx, pipx run, npm exec, ...) are refused: install a pinned version and point the command at it. Exit 0 when every server was listed, 1 when one failed (it is reported and left out), 2 when the config cannot be read or an output exists.",
+      )
+      .requiredOption(
+        "-c, --config <file>",
+        "gateway config (only its upstreams are used; policy and artifact may be absent)",
+      )
+      .requiredOption("-o, --out <file>", "catalog file to write (findings go to <name>.findings.json)")
+      .option("--force", "replace existing output files")
+      .addOption(
+        new Option(
+          "--timeout <seconds>",
+          "per-server time for identity, connect and listing (default 60)",
+        ).argParser((v) => parseCount(v, "--timeout")),
+      )
+      .option("--rules <file>", "scanner rules (default: the shipped policies/scanner-rules.json)")
+      .option("--json", "print the summary as JSON")
+      .action(
+        async (opts: {
+          config: string;
+          out: string;
+          force?: boolean;
+          timeout?: number;
+          rules?: string;
+          json?: boolean;
+        }) => {
+          const { runCatalogSnapshot } = await import("./catalog-command.js");
+          process.exitCode = await runCatalogSnapshot(opts);
+        },
+      );
+    catalog
+      .command("diff")
+      .description(
+        "Show what changed from OLD to NEW: servers and tools (also resources, templates, prompts) added or removed, and for each changed one the fields that differ, as JSON Pointers with before and after values; identity changes likewise. created_at and the review are not compared. Exit 0 when identical, 1 when different, 2 when a file cannot be read or is not a valid catalog.",
+      )
+      .argument("<old>", "catalog file (e.g. the approved one)")
+      .argument("<new>", "catalog file (e.g. a fresh snapshot)")
+      .option("--json", "print the differences as JSON")
+      .action(async (oldFile: string, newFile: string, opts: { json?: boolean }) => {
+        const { runCatalogDiff } = await import("./catalog-command.js");
+        process.exitCode = await runCatalogDiff(oldFile, newFile, opts);
+      });
+    catalog
+      .command("approve")
+      .description(
+        "Validate a catalog, re-run the scanner on its tool definitions, record the reviewer and the time, write the approved catalog (in place unless --out), and print the catalog hash for cmcp seal --catalog-hash. Refuses (exit 1) when the scanner reports high-severity findings, unless --accept-findings. Exit 2 when the file cannot be read or is invalid.",
+      )
+      .argument("<file>", "catalog file (from cmcp catalog snapshot)")
+      .requiredOption("-r, --reviewer <name>", "who reviewed and approves it (recorded in the catalog)")
+      .option("-o, --out <file>", "write the approved catalog here instead of replacing FILE")
+      .option("--accept-findings", "approve despite high-severity scanner findings (their count is recorded)")
+      .option("--force", "replace an existing --out file")
+      .option("--rules <file>", "scanner rules (default: the shipped policies/scanner-rules.json)")
+      .action(
+        async (
+          file: string,
+          opts: { reviewer: string; out?: string; acceptFindings?: boolean; force?: boolean; rules?: string },
+        ) => {
+          const { runCatalogApprove } = await import("./catalog-command.js");
+          process.exitCode = await runCatalogApprove(file, opts);
+        },
+      );
+    catalog
+      .command("hash")
+      .description(
+        "Validate a catalog and print its hash: SHA-256 over the RFC 8785 canonical JSON of the whole catalog, the value cmcp seal --catalog-hash and cmcp verify --catalog-hash take. Exit 2 when the file cannot be read or is invalid.",
+      )
+      .argument("<file>", "catalog file")
+      .action(async (file: string) => {
+        const { runCatalogHash } = await import("./catalog-command.js");
+        process.exitCode = await runCatalogHash(file);
+      });
+  }
+
   return program;
 }
 

@@ -239,7 +239,12 @@ const schema = {
   },
 } as const;
 
-const validate = new Ajv2020({ strict: true, allErrors: true }).compile(schema);
+const validateFull = new Ajv2020({ strict: true, allErrors: true }).compile(schema);
+// loadConfig(path, { upstreamsOnly: true }) (cmcp catalog snapshot): "policy" and "artifact" may be absent.
+const validateUpstreamsOnly = new Ajv2020({ strict: true, allErrors: true }).compile({
+  ...schema,
+  required: ["upstreams"],
+});
 
 /** Config files are small; anything larger is a mistake. */
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -260,7 +265,11 @@ type RawUpstream = {
   roots?: { uri: string; name?: string }[];
 };
 
-export async function loadConfig(path: string): Promise<GatewayConfig> {
+export async function loadConfig(
+  path: string,
+  options: { upstreamsOnly?: boolean } = {},
+): Promise<GatewayConfig> {
+  const validate = options.upstreamsOnly ? validateUpstreamsOnly : validateFull;
   let value: unknown;
   try {
     value = parseJson(await readFile(path), { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
@@ -309,9 +318,9 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
       ...(u.roots ? { roots: u.roots } : {}),
     };
   });
-  const issuerKey = (v.artifact as { issuer_key: string }).issuer_key;
+  const issuerKey = (v.artifact as { issuer_key: string } | undefined)?.issuer_key;
   try {
-    fromBase64(issuerKey, 32);
+    if (issuerKey !== undefined || !options.upstreamsOnly) fromBase64(issuerKey as string, 32);
   } catch {
     throw new CmcpError(
       "config.invalid",
@@ -338,12 +347,14 @@ export async function loadConfig(path: string): Promise<GatewayConfig> {
     listen,
     data_dir: rel((v.data_dir as string | undefined) ?? ".cmcp-data"),
     mode: (v.mode as EnforcementMode | undefined) ?? null,
-    policy: rel(v.policy as string),
+    policy: v.policy !== undefined ? rel(v.policy as string) : null,
     schema: v.schema ? rel(v.schema as string) : null,
-    artifact: {
-      file: rel((v.artifact as { file: string }).file),
-      issuer_key: (v.artifact as { issuer_key: string }).issuer_key,
-    },
+    artifact: v.artifact
+      ? {
+          file: rel((v.artifact as { file: string }).file),
+          issuer_key: (v.artifact as { issuer_key: string }).issuer_key,
+        }
+      : null,
     log: { origin: defaultOrigin(), ...(v.log as object | undefined) },
     checkpoint: { every_receipts: 1000, every_seconds: 60, ...(v.checkpoint as object | undefined) },
     drain_timeout_seconds: (v.drain_timeout_seconds as number | undefined) ?? 10,

@@ -1,0 +1,559 @@
+/**
+ * `cmcp catalog snapshot`: connects to every configured upstream with the
+ * official SDK client, lists what it offers (tools, resources, resource
+ * templates, prompts; every page), computes its identity, runs the poisoning
+ * scanner, and returns a catalog for review (review: null) with the findings.
+ *
+ * Listings are requested with the SDK's loose ResultSchema so definitions are
+ * kept exactly as the server sent them (the typed listTools() would reshape
+ * or refuse odd ones). A definition that cannot enter a catalog (not an
+ * object, no name, wrong field types, over the size limit, not
+ * canonicalizable, listed twice) is left out and reported as a high finding;
+ * a server that cannot be pinned, reached or listed within its time is
+ * reported as a failure, never silently dropped. Tool names offered by more
+ * than one server get the alias "<server>.<tool>" on every side, reported as
+ * a medium finding for the reviewer.
+ *
+ * The client declares sampling and elicitation (some servers register tools
+ * only for clients that can answer them, and the gateway forwards those
+ * capabilities from agents that have them) and roots when the upstream has
+ * roots configured, as the runtime does; requests the server sends are not
+ * answered except roots/list.
+ */
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import {
+  ListRootsRequestSchema,
+  ResultSchema,
+  type ClientCapabilities,
+  type ClientRequest,
+} from "@modelcontextprotocol/sdk/types.js";
+import { canonicalBytes } from "../artifacts/canonical-json.js";
+import { CmcpError, isCmcpError } from "../artifacts/errors.js";
+import { sha256Hex } from "../artifacts/hash.js";
+import type { UpstreamSpec } from "./boundary.js";
+import { computeIdentity, type ServerIdentity } from "./catalog-identity.js";
+import {
+  CATALOG_FORMAT,
+  CATALOG_LIMITS,
+  ENTRY_FIELD,
+  KEY_FIELD,
+  PINNED_FIELDS,
+  catalogTime,
+  definitionShapeProblem,
+  pinnedDefinition,
+  scanCatalog,
+  validateCatalog,
+  type Catalog,
+  type CatalogFinding,
+  type CatalogLimits,
+  type CatalogServer,
+  type DefinitionKind,
+  type JsonObject,
+} from "./catalog.js";
+import { defaultScannerRules, type ScannerRules, type Severity } from "./tool-scanner.js";
+
+export interface SnapshotOptions {
+  /** Per server: identity, connect and every listing (default 60 s, or the upstream's connect_timeout_ms if longer). */
+  timeoutMs?: number;
+  /** Servers snapshotted at once (default 4). */
+  concurrency?: number;
+  /** Client capabilities to declare; default sampling and elicitation, plus roots when configured. */
+  capabilities?: ClientCapabilities;
+  rules?: ScannerRules;
+  limits?: Readonly<CatalogLimits>;
+  /** Trust anchors for reading TLS pins of https upstreams (tests); the system store otherwise. */
+  ca?: string | Buffer;
+  now?: Date;
+  /** Called as each server finishes. */
+  onServer?: (name: string, outcome: { ok: boolean; message?: string }) => void;
+}
+
+export interface SnapshotFailure {
+  server: string;
+  code: string;
+  message: string;
+}
+
+export interface SnapshotResult {
+  /** Servers that failed are not in it (see failures). */
+  catalog: Catalog;
+  /** Scanner findings and catalog findings (left-out definitions, collisions, weak identities). */
+  findings: CatalogFinding[];
+  failures: SnapshotFailure[];
+  rulesVersion: string;
+}
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+/** Pages per listing; a server paging forever is a failure, not a hang. */
+const MAX_PAGES = 1000;
+const STDERR_TAIL = 1000;
+
+/** Commands whose own hash says little about the server they start. */
+const WRAPPERS =
+  /^(npm|npm-cli\.js|pnpm|pnpm\.c?js|yarn|yarn\.c?js|corepack|uv|poetry|pipenv|docker|podman|env|sudo)$/;
+
+export function catalogFinding(
+  server: string,
+  tool: string | null,
+  ruleId: string,
+  severity: Severity,
+  title: string,
+  explanation: string,
+  detail?: string,
+): CatalogFinding {
+  return {
+    server,
+    tool,
+    ruleId,
+    category: "malformed",
+    severity,
+    title,
+    path: "$",
+    target: "value",
+    span: { start: 0, end: 0, text: "" },
+    explanation,
+    ...(detail !== undefined ? { detail } : {}),
+  };
+}
+
+function isRecord(v: unknown): v is JsonObject {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** Replaces configured secrets (env values, header values) in text meant for people. */
+function redactor(up: UpstreamSpec): (text: string) => string {
+  const secrets = [...Object.values(up.env ?? {}), ...Object.values(up.headers ?? {})]
+    .filter((s) => s.length >= 4)
+    .sort((a, b) => b.length - a.length);
+  return (text) => {
+    let out = text;
+    for (const s of secrets) out = out.split(s).join("[redacted]");
+    return out;
+  };
+}
+
+function makeTransport(up: UpstreamSpec, onStderr: (chunk: string) => void): Transport {
+  if (up.transport === "stdio") {
+    // As the runtime does: the SDK's safe default variables, LANG, and the upstream's own env.
+    const env: Record<string, string> = {};
+    if (process.env["LANG"] !== undefined) env["LANG"] = process.env["LANG"];
+    Object.assign(env, up.env);
+    const t = new StdioClientTransport({
+      command: up.command as string,
+      args: up.args ?? [],
+      env,
+      ...(up.cwd !== undefined ? { cwd: up.cwd } : {}),
+      stderr: "pipe",
+    });
+    t.stderr?.on("data", (chunk: Buffer) => onStderr(chunk.toString("utf8")));
+    return t;
+  }
+  const url = new URL(up.url as string);
+  const requestInit: RequestInit = up.headers ? { headers: { ...up.headers } } : {};
+  if (up.transport === "sse") return new SSEClientTransport(url, { requestInit });
+  return new StreamableHTTPClientTransport(url, { requestInit, reconnectionOptions: NO_RECONNECT });
+}
+
+const NO_RECONNECT = {
+  initialReconnectionDelay: 1000,
+  maxReconnectionDelay: 1000,
+  reconnectionDelayGrowFactor: 1,
+  maxRetries: 0,
+};
+
+interface Listing {
+  method: string;
+  field: string;
+  kind: DefinitionKind;
+  max: number;
+}
+
+async function listAll(
+  client: Client,
+  l: Listing,
+  signal: AbortSignal,
+  deadline: number,
+): Promise<unknown[]> {
+  const out: unknown[] = [];
+  const seen = new Set<string>();
+  let cursor: string | undefined;
+  for (let page = 0; ; page++) {
+    if (page >= MAX_PAGES)
+      throw new CmcpError("catalog.list", `${l.method} returned more than ${MAX_PAGES} pages`);
+    const res = (await client.request(
+      { method: l.method, params: cursor !== undefined ? { cursor } : {} } as ClientRequest,
+      ResultSchema,
+      { signal, timeout: Math.max(1, deadline - Date.now()) },
+    )) as Record<string, unknown>;
+    const items = res[l.field];
+    if (!Array.isArray(items))
+      throw new CmcpError("catalog.list", `${l.method} result has no "${l.field}" array`);
+    out.push(...(items as unknown[]));
+    if (out.length > l.max)
+      throw new CmcpError(
+        "catalog.limits",
+        `${l.method} lists more than ${l.max} ${l.field}, the catalog's limit per server`,
+      );
+    const next = res.nextCursor;
+    if (next === undefined || next === null) break;
+    if (typeof next !== "string")
+      throw new CmcpError("catalog.list", `${l.method} returned a nextCursor that is not a string`);
+    if (seen.has(next))
+      throw new CmcpError("catalog.list", `${l.method} returned the same cursor twice (a pagination loop)`);
+    seen.add(next);
+    cursor = next;
+  }
+  return out;
+}
+
+/** Turns listed items into catalog entries; what cannot be pinned becomes a finding. */
+function pinItems(
+  server: string,
+  kind: DefinitionKind,
+  raws: unknown[],
+  limits: Readonly<CatalogLimits>,
+  findings: CatalogFinding[],
+): Record<string, unknown>[] {
+  const keyField = KEY_FIELD[kind];
+  const entries = new Map<string, Record<string, unknown>>();
+  raws.forEach((raw, i) => {
+    const key = isRecord(raw) && typeof raw[keyField] === "string" ? (raw[keyField] as string) : null;
+    const label = key ?? `${kind} #${i}`;
+    const leftOut = (ruleId: string, title: string, why: string) =>
+      findings.push(
+        catalogFinding(
+          server,
+          kind === "tool" ? key : null,
+          ruleId,
+          "high",
+          title,
+          `The ${kind.replace("_", " ")} ${JSON.stringify(label.slice(0, 200))} was left out of the catalog: ${why}. Agents will not see it.`,
+        ),
+      );
+    if (!isRecord(raw) || key === null || key === "") {
+      leftOut(
+        "catalog.malformed-definition",
+        "Malformed definition",
+        `it is not an object with a string "${keyField}"`,
+      );
+      return;
+    }
+    const def = pinnedDefinition(raw, kind);
+    const problem = definitionShapeProblem(def, kind);
+    if (problem !== null) {
+      leftOut(
+        "catalog.malformed-definition",
+        "Malformed definition",
+        `its fields do not fit the catalog (${problem})`,
+      );
+      return;
+    }
+    let bytes: Uint8Array;
+    try {
+      bytes = canonicalBytes(def);
+    } catch (err) {
+      leftOut("catalog.malformed-definition", "Definition cannot be canonicalized", (err as Error).message);
+      return;
+    }
+    if (bytes.length > limits.maxDefinitionBytes) {
+      leftOut(
+        "catalog.definition-too-large",
+        "Definition too large",
+        `its canonical form is ${bytes.length} bytes, more than the limit of ${limits.maxDefinitionBytes}`,
+      );
+      return;
+    }
+    if (entries.has(key)) {
+      leftOut(
+        "catalog.duplicate",
+        "Listed twice",
+        `the server lists ${kind} ${JSON.stringify(key)} more than once; the first one was kept`,
+      );
+      return;
+    }
+    // A clean copy in canonical key order: the catalog never shares objects with the SDK's result.
+    // Top-level members in PINNED_FIELDS order (name first) for reviewers; the hash does not depend on it.
+    const copy = JSON.parse(Buffer.from(bytes).toString("utf8")) as JsonObject;
+    const ordered: JsonObject = {};
+    for (const f of PINNED_FIELDS[kind]) if (Object.hasOwn(copy, f)) ordered[f] = copy[f];
+    entries.set(key, { sha256: sha256Hex(bytes), [ENTRY_FIELD[kind]]: ordered });
+  });
+  return [...entries.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, e]) => e);
+}
+
+const LISTINGS = (
+  limits: Readonly<CatalogLimits>,
+): (Listing & { capability: "tools" | "resources" | "prompts" })[] => [
+  { method: "tools/list", field: "tools", kind: "tool", max: limits.maxToolsPerServer, capability: "tools" },
+  {
+    method: "resources/list",
+    field: "resources",
+    kind: "resource",
+    max: limits.maxResourcesPerServer,
+    capability: "resources",
+  },
+  {
+    method: "resources/templates/list",
+    field: "resourceTemplates",
+    kind: "resource_template",
+    max: limits.maxTemplatesPerServer,
+    capability: "resources",
+  },
+  {
+    method: "prompts/list",
+    field: "prompts",
+    kind: "prompt",
+    max: limits.maxPromptsPerServer,
+    capability: "prompts",
+  },
+];
+
+type Outcome =
+  { ok: true; server: CatalogServer; findings: CatalogFinding[] } | { ok: false; failure: SnapshotFailure };
+
+async function snapshotServer(up: UpstreamSpec, opts: SnapshotOptions): Promise<Outcome> {
+  const limits = opts.limits ?? CATALOG_LIMITS;
+  const timeoutMs = opts.timeoutMs ?? Math.max(DEFAULT_TIMEOUT_MS, up.connectTimeoutMs ?? 0);
+  const deadline = Date.now() + timeoutMs;
+  const redact = redactor(up);
+  let stderr = "";
+  const abort = new AbortController();
+  let client: Client | undefined;
+  const work = async (): Promise<CatalogServer & { findings: CatalogFinding[] }> => {
+    let identity: ServerIdentity;
+    try {
+      identity = await computeIdentity(up, {
+        ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+        timeoutMs: Math.max(1, deadline - Date.now()),
+      });
+    } catch (err) {
+      throw isCmcpError(err) ? err : new CmcpError("catalog.identity", String(err));
+    }
+    if (abort.signal.aborted) throw new CmcpError("catalog.timeout", "timed out");
+    const capabilities: ClientCapabilities = opts.capabilities ?? {
+      sampling: {},
+      elicitation: { form: {}, url: {} },
+      ...(up.roots ? { roots: { listChanged: false } } : {}),
+    };
+    const c = new Client({ name: "cmcp-catalog-snapshot", version: "0.1.0" }, { capabilities });
+    client = c;
+    if (capabilities.roots && up.roots) {
+      const roots = up.roots.map((r) => ({ uri: r.uri, ...(r.name !== undefined ? { name: r.name } : {}) }));
+      c.setRequestHandler(ListRootsRequestSchema, () => ({ roots }));
+    }
+    const transport = makeTransport(up, (chunk) => {
+      stderr = (stderr + chunk).slice(-STDERR_TAIL);
+    });
+    try {
+      await c.connect(transport, { signal: abort.signal, timeout: Math.max(1, deadline - Date.now()) });
+    } catch (err) {
+      throw new CmcpError("catalog.connect", `cannot connect: ${(err as Error).message}`);
+    }
+    const caps = c.getServerCapabilities() ?? {};
+    const findings: CatalogFinding[] = [];
+    const lists: Record<DefinitionKind, Record<string, unknown>[]> = {
+      tool: [],
+      resource: [],
+      resource_template: [],
+      prompt: [],
+    };
+    for (const l of LISTINGS(limits)) {
+      if (caps[l.capability] === undefined) continue;
+      let raws: unknown[];
+      try {
+        raws = await listAll(c, l, abort.signal, deadline);
+      } catch (err) {
+        if (isCmcpError(err)) throw err;
+        throw new CmcpError("catalog.list", `${l.method} failed: ${(err as Error).message}`);
+      }
+      lists[l.kind] = pinItems(up.name, l.kind, raws, limits, findings);
+    }
+    const info = c.getServerVersion();
+    return {
+      name: up.name,
+      ...(info && typeof info.name === "string" && typeof info.version === "string"
+        ? {
+            server_info: {
+              name: info.name.slice(0, 1024),
+              version: info.version.slice(0, 1024),
+              ...(typeof info.title === "string" ? { title: info.title.slice(0, 1024) } : {}),
+            },
+          }
+        : {}),
+      identity,
+      tools: lists.tool as unknown as CatalogServer["tools"],
+      resources: lists.resource as unknown as CatalogServer["resources"],
+      resource_templates: lists.resource_template as unknown as CatalogServer["resource_templates"],
+      prompts: lists.prompt as unknown as CatalogServer["prompts"],
+      findings,
+    };
+  };
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        abort.abort();
+        reject(new CmcpError("catalog.timeout", `no complete answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+    });
+    const running = work();
+    // After a timeout the work still settles (aborted); its rejection is already reported.
+    running.catch(() => undefined);
+    const { findings, ...server } = await Promise.race([running, timeout]);
+    findings.push(...identityFindings(up.name, server.identity));
+    return { ok: true, server, findings };
+  } catch (err) {
+    const code = isCmcpError(err) ? err.code : "catalog.connect";
+    const tail = stderr.trim() !== "" ? ` (server stderr: ${stderr.trim().slice(-500)})` : "";
+    const message = redact(
+      `${err instanceof Error ? err.message : String(err)}${code === "catalog.identity" ? "" : tail}`,
+    );
+    return { ok: false, failure: { server: up.name, code, message } };
+  } finally {
+    clearTimeout(timer);
+    abort.abort();
+    await (client as Client | undefined)?.close().catch(() => undefined);
+  }
+}
+
+function identityFindings(server: string, id: ServerIdentity): CatalogFinding[] {
+  if (id.transport !== "stdio") {
+    return id.url.startsWith("http://")
+      ? [
+          catalogFinding(
+            server,
+            null,
+            "catalog.identity-plain-http",
+            "medium",
+            "Server reached over plain HTTP",
+            "The server's URL is http://, so nothing pins who answers: anyone on the path can serve other definitions. Prefer https (the catalog then pins the server's TLS key).",
+          ),
+        ]
+      : [];
+  }
+  const base = id.command.split("/").pop() ?? "";
+  if (WRAPPERS.test(base))
+    return [
+      catalogFinding(
+        server,
+        null,
+        "catalog.identity-wrapper",
+        "medium",
+        "Identity pins only a wrapper",
+        `The command is ${base}, which starts the server by other means; the identity pins ${base} itself, not the server's code. Point "command" at the interpreter and the server's script (or its installed bin) instead.`,
+      ),
+    ];
+  if (id.script)
+    return [
+      catalogFinding(
+        server,
+        null,
+        "catalog.identity-script-only",
+        "low",
+        "Identity covers one script file",
+        `The script ${id.script.path} belongs to no package (no package.json or pyproject.toml above it), so only that file is pinned, not what it imports.`,
+      ),
+    ];
+  return [];
+}
+
+/** Finds tool names offered by several servers and aliases them "<server>.<tool>". */
+function resolveCollisions(servers: CatalogServer[], findings: CatalogFinding[]): void {
+  const owners = new Map<string, string[]>();
+  for (const s of servers)
+    for (const t of s.tools) owners.set(t.tool.name, [...(owners.get(t.tool.name) ?? []), s.name]);
+  const taken = new Set(owners.keys());
+  for (const s of servers) {
+    s.tools = s.tools.filter((t) => {
+      const who = owners.get(t.tool.name) ?? [];
+      if (who.length < 2) return true;
+      const alias = `${s.name}.${t.tool.name}`;
+      const others = who.filter((n) => n !== s.name).join(", ");
+      if (/^[A-Za-z0-9_.-]{1,128}$/.test(alias) && !taken.has(alias)) {
+        taken.add(alias);
+        t.alias = alias;
+        findings.push(
+          catalogFinding(
+            s.name,
+            t.tool.name,
+            "catalog.name-collision",
+            "medium",
+            "Tool name offered by several servers",
+            `Servers ${[s.name, ...who.filter((n) => n !== s.name)].join(", ")} all offer a tool named ${JSON.stringify(t.tool.name)}. A name is bound to one server, so agents will see this one as "${alias}". Change the alias if another name suits better.`,
+          ),
+        );
+        return true;
+      }
+      findings.push(
+        catalogFinding(
+          s.name,
+          t.tool.name,
+          "catalog.name-collision",
+          "high",
+          "Tool name offered by several servers",
+          `Server(s) ${others} also offer a tool named ${JSON.stringify(t.tool.name)}, and "${alias}" cannot serve as an alias (not a valid tool name, or already taken), so this tool was left out of the catalog.`,
+        ),
+      );
+      return false;
+    });
+  }
+}
+
+async function mapLimit<T, R>(items: readonly T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.max(1, Math.min(n, items.length)) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  });
+  await Promise.all(workers);
+  return out;
+}
+
+/**
+ * Snapshots every upstream of the config. Never throws for a server's fault
+ * (see failures); throws only when the result would not be a valid catalog,
+ * which is a bug.
+ */
+export async function snapshotCatalog(
+  config: { upstreams: readonly UpstreamSpec[] },
+  opts: SnapshotOptions = {},
+): Promise<SnapshotResult> {
+  const rules = opts.rules ?? defaultScannerRules();
+  const limits = opts.limits ?? CATALOG_LIMITS;
+  if (config.upstreams.length > limits.maxServers)
+    throw new CmcpError("catalog.limits", `the config has more than ${limits.maxServers} upstreams`);
+  const outcomes = await mapLimit(config.upstreams, opts.concurrency ?? 4, async (up) => {
+    const o = await snapshotServer(up, opts);
+    opts.onServer?.(up.name, o.ok ? { ok: true } : { ok: false, message: o.failure.message });
+    return o;
+  });
+  const servers: CatalogServer[] = [];
+  const findings: CatalogFinding[] = [];
+  const failures: SnapshotFailure[] = [];
+  for (const o of outcomes) {
+    if (o.ok) {
+      servers.push(o.server);
+      findings.push(...o.findings);
+    } else failures.push(o.failure);
+  }
+  resolveCollisions(servers, findings);
+  const catalog = validateCatalog(
+    {
+      format: CATALOG_FORMAT,
+      created_at: catalogTime(opts.now ?? new Date()),
+      review: null,
+      servers,
+    } satisfies Catalog,
+    "snapshot",
+    limits,
+  );
+  findings.push(...scanCatalog(catalog, rules));
+  return { catalog, findings, failures, rulesVersion: rules.version };
+}
