@@ -14,16 +14,22 @@
  * {path, sha256, size} of every file, so it covers exactly the bytes that
  * were parsed (files are read once and parsed from those bytes).
  */
-import { open, readdir, realpath, stat } from "node:fs/promises";
-import { dirname, join, sep } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
 import * as cedar from "./cedar-wasm.js";
 import type { DetailedError, PolicyJson, SchemaJson } from "@cedar-policy/cedar-wasm/nodejs";
-import { canonicalBytes } from "../artifacts/canonical-json.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
-import { sha256Hex } from "../artifacts/hash.js";
 import { NAME_PATTERN, parseAnnotations, type PolicyMeta } from "./cedar-annotations.js";
+import {
+  readCapped,
+  treeHash,
+  treeListing,
+  walkFileTree,
+  type TreeEntry,
+  type TreeFile,
+  type TreeProblem,
+} from "./file-tree.js";
 
 export interface BundleLimits {
   maxFiles: number;
@@ -44,19 +50,9 @@ export const BUNDLE_LIMITS: Readonly<BundleLimits> = Object.freeze({
 /** The schema file is far smaller; the cap only bounds a mistaken path. */
 const MAX_SCHEMA_BYTES = 1024 * 1024;
 
-export interface BundleFile {
-  /** Relative, "/"-separated. */
-  path: string;
-  size: number;
-  sha256: string;
-  bytes: Uint8Array;
-}
+export type BundleFile = TreeFile;
 
-export interface BundleListingEntry {
-  path: string;
-  sha256: string;
-  size: number;
-}
+export type BundleListingEntry = TreeEntry;
 
 export interface SchemaSource {
   path: string;
@@ -90,7 +86,6 @@ export interface PolicyBundle {
   warnings: string[];
 }
 
-const nameDecoder = new TextDecoder("utf-8", { fatal: true });
 const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
 /** The shipped `policies/` directory, found from this module in the source tree and in dist/. */
@@ -114,19 +109,20 @@ export function shippedBundlePath(name: string): string {
 }
 
 export async function readSchema(path = defaultSchemaPath()): Promise<SchemaSource> {
-  let bytes: Uint8Array;
+  let read;
   try {
-    bytes = await readLimited(path, MAX_SCHEMA_BYTES);
+    read = await readCapped(path, MAX_SCHEMA_BYTES, true);
   } catch (err) {
     throw readError(`schema ${path}`, err);
   }
+  if (!read) throw new CmcpError("policy.too-large", `${path} is larger than ${MAX_SCHEMA_BYTES} bytes`);
   let text: string;
   try {
-    text = textDecoder.decode(bytes);
+    text = textDecoder.decode(read.bytes);
   } catch {
     throw new CmcpError("policy.schema", `schema ${path} is not valid UTF-8`);
   }
-  return { path, text, hash: sha256Hex(bytes) };
+  return { path, text, hash: read.sha256 };
 }
 
 /**
@@ -138,116 +134,56 @@ export async function readBundleFiles(
   dir: string,
   limits: Readonly<BundleLimits> = BUNDLE_LIMITS,
 ): Promise<BundleFile[]> {
-  let root: string;
-  try {
-    root = await realpath(dir);
-    if (!(await stat(root)).isDirectory()) throw new CmcpError("policy.read", `${dir} is not a directory`);
-  } catch (err) {
-    throw readError(`bundle ${dir}`, err);
+  const tree = await walkFileTree(dir, {
+    limits,
+    skipDotNames: true,
+    rejectOddNames: true,
+    keepBytes: true,
+    error: (problem) => bundleError(dir, problem),
+  });
+  return tree.files;
+}
+
+function bundleError(dir: string, p: TreeProblem): CmcpError {
+  const refuse = (message: string) => new CmcpError("policy.bundle", `bundle ${dir}${message}`);
+  switch (p.kind) {
+    case "root":
+    case "read-dir":
+      return readError(`bundle ${dir}`, p.cause);
+    case "root-not-dir":
+      return new CmcpError("policy.read", `${dir} is not a directory`);
+    case "read-file":
+      return readError(`bundle ${dir}: ${p.path}`, p.cause);
+    case "name-encoding":
+      return refuse(`: a file name under ${p.path} is not valid UTF-8`);
+    case "name-chars":
+      return refuse(`: ${JSON.stringify(p.path)} has a control character or backslash in its name`);
+    case "link-broken":
+      return refuse(`: symbolic link ${p.path} is broken`);
+    case "link-outside":
+      return refuse(`: symbolic link ${p.path} points outside the bundle`);
+    case "link-directory":
+      return refuse(`: symbolic link ${p.path} points at a directory`);
+    case "too-deep":
+      return refuse(`: ${p.path} nests deeper than ${p.limit} levels`);
+    case "not-regular":
+      return refuse(`: ${p.path} is not a regular file`);
+    case "file-too-large":
+      return refuse(`: ${p.path} is larger than ${p.limit} bytes`);
+    case "too-many-files":
+      return refuse(` has more than ${p.limit} files`);
+    case "too-many-bytes":
+      return refuse(` holds more than ${p.limit} bytes`);
   }
-  const files: BundleFile[] = [];
-  let total = 0;
-  const walk = async (abs: string, rel: string, depth: number): Promise<void> => {
-    let entries;
-    try {
-      entries = await readdir(abs, { withFileTypes: true, encoding: "buffer" });
-    } catch (err) {
-      throw readError(`bundle ${dir}`, err);
-    }
-    for (const entry of entries) {
-      let name: string;
-      try {
-        name = nameDecoder.decode(entry.name);
-      } catch {
-        throw new CmcpError(
-          "policy.bundle",
-          `bundle ${dir}: a file name under ${rel || "."} is not valid UTF-8`,
-        );
-      }
-      if (name.startsWith(".")) continue;
-      const relPath = rel === "" ? name : `${rel}/${name}`;
-      // eslint-disable-next-line no-control-regex
-      if (/[\u0000-\u001f\u007f\\]/.test(name)) {
-        throw new CmcpError(
-          "policy.bundle",
-          `bundle ${dir}: ${JSON.stringify(relPath)} has a control character or backslash in its name`,
-        );
-      }
-      let target = join(abs, name);
-      let isFile = entry.isFile();
-      let isDir = entry.isDirectory();
-      if (entry.isSymbolicLink()) {
-        let real: string;
-        try {
-          real = await realpath(target);
-        } catch {
-          throw new CmcpError("policy.bundle", `bundle ${dir}: symbolic link ${relPath} is broken`);
-        }
-        if (!real.startsWith(root + sep)) {
-          throw new CmcpError(
-            "policy.bundle",
-            `bundle ${dir}: symbolic link ${relPath} points outside the bundle`,
-          );
-        }
-        const st = await stat(real);
-        if (st.isDirectory()) {
-          throw new CmcpError(
-            "policy.bundle",
-            `bundle ${dir}: symbolic link ${relPath} points at a directory`,
-          );
-        }
-        target = real;
-        isFile = st.isFile();
-        isDir = false;
-      }
-      if (isDir) {
-        if (depth + 1 >= limits.maxDepth) {
-          throw new CmcpError(
-            "policy.bundle",
-            `bundle ${dir}: ${relPath} nests deeper than ${limits.maxDepth} levels`,
-          );
-        }
-        await walk(target, relPath, depth + 1);
-        continue;
-      }
-      if (!isFile) {
-        throw new CmcpError("policy.bundle", `bundle ${dir}: ${relPath} is not a regular file`);
-      }
-      if (files.length >= limits.maxFiles) {
-        throw new CmcpError("policy.bundle", `bundle ${dir} has more than ${limits.maxFiles} files`);
-      }
-      let bytes: Uint8Array;
-      try {
-        bytes = await readLimited(target, limits.maxFileBytes);
-      } catch (err) {
-        if (isCmcpError(err, "policy.too-large")) {
-          throw new CmcpError(
-            "policy.bundle",
-            `bundle ${dir}: ${relPath} is larger than ${limits.maxFileBytes} bytes`,
-          );
-        }
-        throw readError(`bundle ${dir}: ${relPath}`, err);
-      }
-      total += bytes.length;
-      if (total > limits.maxTotalBytes) {
-        throw new CmcpError("policy.bundle", `bundle ${dir} holds more than ${limits.maxTotalBytes} bytes`);
-      }
-      files.push({ path: relPath, size: bytes.length, sha256: sha256Hex(bytes), bytes });
-    }
-  };
-  await walk(root, "", 0);
-  return files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
 export function bundleListing(files: readonly BundleFile[]): BundleListingEntry[] {
-  return files
-    .map((f) => ({ path: f.path, sha256: f.sha256, size: f.size }))
-    .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return treeListing(files);
 }
 
 /** SHA-256 (hex) of the JCS-canonical sorted listing of {path, sha256, size}. */
 export function bundleHash(files: readonly BundleFile[]): string {
-  return sha256Hex(canonicalBytes(bundleListing(files)));
+  return treeHash(files);
 }
 
 export interface LoadOptions {
@@ -427,27 +363,6 @@ function lineOf(text: string, index: number): number {
 function byteToIndex(text: string, byteOffset: number): number {
   const bytes = new TextEncoder().encode(text);
   return new TextDecoder().decode(bytes.subarray(0, Math.min(byteOffset, bytes.length))).length;
-}
-
-/** Reads at most `max` bytes; a longer file fails with code policy.too-large. */
-async function readLimited(path: string, max: number): Promise<Uint8Array> {
-  const fh = await open(path, "r");
-  try {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    // Read to EOF rather than trusting a size from stat: the file may change underneath.
-    while (n <= max) {
-      const chunk = Buffer.alloc(Math.min(64 * 1024, max + 1 - n));
-      const { bytesRead } = await fh.read(chunk, 0, chunk.length, null);
-      if (bytesRead === 0) break;
-      chunks.push(chunk.subarray(0, bytesRead));
-      n += bytesRead;
-    }
-    if (n > max) throw new CmcpError("policy.too-large", `${path} is larger than ${max} bytes`);
-    return new Uint8Array(Buffer.concat(chunks, n));
-  } finally {
-    await fh.close();
-  }
 }
 
 function readError(what: string, err: unknown): CmcpError {
