@@ -20,6 +20,8 @@ export interface CallSummary {
   allowed: number;
   denied: number;
   tools_invoked: string[];
+  /** Drift receipts seen in this session or for no session in particular (server identity checks). */
+  drift_events: number;
 }
 
 export interface TraceClaim {
@@ -88,6 +90,7 @@ export class CallSummaryBuilder {
   #total = 0;
   #allowed = 0;
   #denied = 0;
+  #drift = 0;
   readonly #tools = new Set<string>();
 
   constructor(sessionId: string) {
@@ -95,6 +98,11 @@ export class CallSummaryBuilder {
   }
 
   add(receipt: Pick<Receipt, "type" | "subject" | "decision">): void {
+    if (receipt.type === "drift") {
+      const s = receipt.subject.session;
+      if (s === undefined || s === this.sessionId) this.#drift++;
+      return;
+    }
     if (receipt.type !== "decision" || receipt.subject.session !== this.sessionId) return;
     if (receipt.subject.method !== "tools/call" || !receipt.decision) return;
     this.#total++;
@@ -107,12 +115,14 @@ export class CallSummaryBuilder {
     }
   }
 
-  summary(): CallSummary {
+  /** `sharedDrift`: session-less drift receipts counted elsewhere (the verifier counts them once for all sessions). */
+  summary(sharedDrift = 0): CallSummary {
     return {
       tool_calls_total: this.#total,
       allowed: this.#allowed,
       denied: this.#denied,
       tools_invoked: [...this.#tools].sort(),
+      drift_events: this.#drift + sharedDrift,
     };
   }
 }

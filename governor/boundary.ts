@@ -112,6 +112,13 @@ const runtimeConfigSchema = {
     },
     /** Dev mode: no auth on loopback; printed loudly by the governor. */
     dev: { type: "boolean" },
+    /** An approved catalog decides what is exposed: re-list tools this often (ms) and on list_changed. */
+    catalog: {
+      type: "object",
+      additionalProperties: false,
+      required: ["relistMs"],
+      properties: { relistMs: { type: "integer", minimum: 1000, maximum: 86_400_000 } },
+    },
   },
 } as const;
 
@@ -285,13 +292,13 @@ export const BOUNDARY = {
     dir: "runtime",
     phases: ["ready", "draining"],
     maxBytes: 4 * MiB,
-    replyMaxBytes: 4 * KiB,
     request: {
       type: "object",
       additionalProperties: false,
       required: ["server", "tools", "resources", "prompts"],
       properties: {
         server: label,
+        session: label,
         server_name: optLabel,
         server_version: optLabel,
         protocol_version: optLabel,
@@ -300,7 +307,26 @@ export const BOUNDARY = {
         prompts: { type: "array", maxItems: 10000, items: anyJson },
       },
     },
-    reply: ok,
+    replyMaxBytes: 8 * MiB,
+    reply: {
+      type: "object",
+      additionalProperties: false,
+      required: ["ok"],
+      properties: {
+        ok: { const: true },
+        /** With an approved catalog: the tools to expose for this server (approved definitions), nothing else. */
+        expose: {
+          type: "array",
+          maxItems: 10000,
+          items: {
+            type: "object",
+            additionalProperties: false,
+            required: ["name", "tool", "definition"],
+            properties: { name: label, tool: label, definition: anyJson },
+          },
+        },
+      },
+    },
   },
   upstream_event: {
     dir: "runtime",
@@ -377,6 +403,7 @@ export interface RuntimeConfig {
   collision: "refuse" | "prefix";
   limits: { maxBodyBytes: number; governorTimeoutMs: number; maxSessions: number; sessionIdleMs: number };
   dev: boolean;
+  catalog?: { relistMs: number };
 }
 export type Outcome = "allow" | "deny" | "redact" | "require_approval" | "advisory";
 export interface Bodies {
@@ -435,6 +462,7 @@ export interface Bodies {
   catalog_observed: {
     req: {
       server: string;
+      session?: string;
       server_name?: string;
       server_version?: string;
       protocol_version?: string;
@@ -442,7 +470,7 @@ export interface Bodies {
       resources: unknown[];
       prompts: unknown[];
     };
-    rep: { ok: true };
+    rep: { ok: true; expose?: { name: string; tool: string; definition: unknown }[] };
   };
   upstream_event: {
     req: {

@@ -31,16 +31,15 @@
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
-import { access, open, readdir, readFile, realpath, stat } from "node:fs/promises";
+import { access, open, readFile, realpath, stat } from "node:fs/promises";
 import { isIP } from "node:net";
 import { basename, delimiter, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { connect as tlsConnect, type PeerCertificate } from "node:tls";
-import { canonicalBytes } from "../artifacts/canonical-json.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
-import { sha256Hex } from "../artifacts/hash.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import type { UpstreamSpec } from "./boundary.js";
 import { diffJson, type FieldChange } from "./catalog-json-diff.js";
+import { readCapped, treeHash, walkFileTree, type TreeEntry, type TreeProblem } from "./file-tree.js";
 
 export interface PackageIdentity {
   /** Absolute, symbolic links resolved. */
@@ -299,22 +298,29 @@ function clusterFlag(spec: InterpreterSpec, arg: string): { flag: string; module
 
 /** Streams a file through SHA-256; refuses files over `max` bytes (read to EOF, not trusted from stat). */
 export async function hashFile(path: string, max: number): Promise<{ sha256: string; size: number }> {
-  const fh = await open(path, "r");
-  try {
-    const h = createHash("sha256");
-    const buf = Buffer.alloc(1024 * 1024);
-    let size = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) break;
-      size += bytesRead;
-      if (size > max) throw new CmcpError("catalog.too-large", `${path} is larger than ${max} bytes`);
-      h.update(buf.subarray(0, bytesRead));
-    }
-    return { sha256: h.digest("hex"), size };
-  } finally {
-    await fh.close();
-  }
+  const h = await readCapped(path, max, false);
+  if (!h) throw new CmcpError("catalog.too-large", `${path} is larger than ${max} bytes`);
+  return { sha256: h.sha256, size: h.size };
+}
+
+/**
+ * The executable's hash, re-read only when its stat changes: re-checks at the
+ * drift cadence would otherwise hash a ~100 MB node binary every time. Any
+ * write changes mtime and ctime (ctime cannot be set back without the
+ * clock); package files, the usual target of a silent update, are always
+ * re-hashed in full.
+ */
+const executableHashes = new Map<string, { key: string; hash: { sha256: string; size: number } }>();
+
+async function hashExecutable(path: string): Promise<{ sha256: string; size: number }> {
+  const st = await stat(path, { bigint: true });
+  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  const cached = executableHashes.get(path);
+  if (cached?.key === key) return cached.hash;
+  const hash = await hashFile(path, MAX_EXECUTABLE_BYTES);
+  if (executableHashes.size >= 256) executableHashes.clear();
+  executableHashes.set(path, { key, hash });
+  return hash;
 }
 
 async function readHead(path: string, n: number): Promise<Buffer> {
@@ -336,12 +342,7 @@ function errText(err: unknown): string {
 
 // ---- packages -----------------------------------------------------------------------------------
 
-export interface PackageListingEntry {
-  /** Relative to the package root, "/"-separated. */
-  path: string;
-  sha256: string;
-  size: number;
-}
+export type PackageListingEntry = TreeEntry;
 
 export interface PackageHash {
   root: string;
@@ -353,8 +354,6 @@ export interface PackageHash {
   listing: PackageListingEntry[];
 }
 
-const nameDecoder = new TextDecoder("utf-8", { fatal: true });
-
 /**
  * Hashes every regular file under `dir` (see the module comment for links
  * and limits). Throws CmcpError("catalog.identity") naming the file or limit.
@@ -363,76 +362,47 @@ export async function hashPackageDir(
   dir: string,
   limits: Readonly<PackageLimits> = PACKAGE_LIMITS,
 ): Promise<PackageHash> {
-  let root: string;
-  try {
-    root = await realpath(dir);
-    if (!(await stat(root)).isDirectory()) fail(`package root ${dir} is not a directory`);
-  } catch (err) {
-    fail(`cannot read package ${dir}: ${errText(err)}`);
-  }
-  const listing: PackageListingEntry[] = [];
-  let total = 0;
+  const { root, files, bytes } = await walkFileTree(dir, {
+    limits,
+    skipDotNames: false,
+    rejectOddNames: false,
+    keepBytes: false,
+    error: (problem, root) => new CmcpError("catalog.identity", packageProblem(dir, root, problem)),
+  });
+  return { root, sha256: treeHash(files), files: files.length, bytes, listing: files };
+}
+
+function packageProblem(dir: string, root: string, p: TreeProblem): string {
   const where = (rel: string) => `package ${root}: ${rel}`;
-  const walk = async (abs: string, rel: string, depth: number): Promise<void> => {
-    let entries;
-    try {
-      entries = await readdir(abs, { withFileTypes: true, encoding: "buffer" });
-    } catch (err) {
-      fail(`cannot read ${where(rel || ".")}: ${errText(err)}`);
-    }
-    for (const entry of entries) {
-      let name: string;
-      try {
-        name = nameDecoder.decode(entry.name);
-      } catch {
-        fail(`${where(rel || ".")}: a file name in it is not valid UTF-8`);
-      }
-      const relPath = rel === "" ? name : `${rel}/${name}`;
-      let target = join(abs, name);
-      let isFile = entry.isFile();
-      let isDir = entry.isDirectory();
-      if (entry.isSymbolicLink()) {
-        let real: string;
-        try {
-          real = await realpath(target);
-        } catch {
-          fail(`${where(relPath)} is a broken symbolic link`);
-        }
-        if (!real.startsWith(root + sep))
-          fail(`${where(relPath)} is a symbolic link out of the package (to ${real}); it cannot be pinned`);
-        const st = await stat(real);
-        if (st.isDirectory())
-          fail(`${where(relPath)} is a symbolic link to a directory; links may only point at files`);
-        target = real;
-        isFile = st.isFile();
-        isDir = false;
-      }
-      if (isDir) {
-        if (depth + 1 >= limits.maxDepth)
-          fail(`${where(relPath)} nests deeper than ${limits.maxDepth} levels (limit maxDepth)`);
-        await walk(target, relPath, depth + 1);
-        continue;
-      }
-      if (!isFile) fail(`${where(relPath)} is not a regular file`);
-      if (listing.length >= limits.maxFiles)
-        fail(`package ${root} has more than ${limits.maxFiles} files (limit maxFiles)`);
-      let h: { sha256: string; size: number };
-      try {
-        h = await hashFile(target, limits.maxFileBytes);
-      } catch (err) {
-        if (isCmcpError(err, "catalog.too-large"))
-          fail(`${where(relPath)} is larger than ${limits.maxFileBytes} bytes (limit maxFileBytes)`);
-        fail(`cannot read ${where(relPath)}: ${errText(err)}`);
-      }
-      total += h.size;
-      if (total > limits.maxTotalBytes)
-        fail(`package ${root} holds more than ${limits.maxTotalBytes} bytes (limit maxTotalBytes)`);
-      listing.push({ path: relPath, sha256: h.sha256, size: h.size });
-    }
-  };
-  await walk(root, "", 0);
-  listing.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { root, sha256: sha256Hex(canonicalBytes(listing)), files: listing.length, bytes: total, listing };
+  switch (p.kind) {
+    case "root":
+      return `cannot read package ${dir}: ${errText(p.cause)}`;
+    case "root-not-dir":
+      return `package root ${dir} is not a directory`;
+    case "read-dir":
+    case "read-file":
+      return `cannot read ${where(p.path)}: ${errText(p.cause)}`;
+    case "name-encoding":
+      return `${where(p.path)}: a file name in it is not valid UTF-8`;
+    case "name-chars":
+      return `${where(JSON.stringify(p.path))} has a control character or backslash in its name`;
+    case "link-broken":
+      return `${where(p.path)} is a broken symbolic link`;
+    case "link-outside":
+      return `${where(p.path)} is a symbolic link out of the package (to ${p.target}); it cannot be pinned`;
+    case "link-directory":
+      return `${where(p.path)} is a symbolic link to a directory; links may only point at files`;
+    case "too-deep":
+      return `${where(p.path)} nests deeper than ${p.limit} levels (limit maxDepth)`;
+    case "not-regular":
+      return `${where(p.path)} is not a regular file`;
+    case "file-too-large":
+      return `${where(p.path)} is larger than ${p.limit} bytes (limit maxFileBytes)`;
+    case "too-many-files":
+      return `package ${root} has more than ${p.limit} files (limit maxFiles)`;
+    case "too-many-bytes":
+      return `package ${root} holds more than ${p.limit} bytes (limit maxTotalBytes)`;
+  }
 }
 
 interface Manifest {
@@ -587,7 +557,7 @@ async function stdioIdentity(up: UpstreamSpec, limits: Readonly<PackageLimits>):
   const command = await resolveCommand(up);
   const resolvedLauncher = unpinnedLauncher(command, args);
   if (resolvedLauncher) refuseLauncher(up, resolvedLauncher);
-  const exe = await hashFile(command, MAX_EXECUTABLE_BYTES).catch((err: unknown) =>
+  const exe = await hashExecutable(command).catch((err: unknown) =>
     fail(`upstream "${up.name}": cannot hash ${command}: ${errText(err)}`),
   );
   const base: StdioIdentity = { transport: "stdio", command, command_sha256: exe.sha256, args: [...args] };

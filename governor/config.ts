@@ -23,6 +23,8 @@ export interface GatewayConfig {
   policy: string | null;
   /** Cedar schema file; null: the shipped policies/schema/mcp.cedarschema. */
   schema: string | null;
+  /** The approved catalog (cmcp catalog approve); its hash must be the one the artifact seals. */
+  catalog: string | null;
   /** The sealed policy artifact and its issuer's pinned public key (base64); dev mode self-seals when null. */
   artifact: { file: string; issuer_key: string } | null;
   log: { origin: string };
@@ -76,6 +78,7 @@ export function devConfig(filesystemRoot: string): GatewayConfig {
     mode: "advisory",
     policy: null,
     schema: null,
+    catalog: null,
     artifact: null,
     log: { origin: defaultOrigin() },
     checkpoint: { every_receipts: 1000, every_seconds: 60 },
@@ -118,6 +121,7 @@ const schema = {
     mode: { enum: ["enforcing", "advisory", "silent"] },
     policy: str(4096),
     schema: str(4096),
+    catalog: str(4096),
     artifact: {
       type: "object",
       additionalProperties: false,
@@ -349,6 +353,7 @@ export async function loadConfig(
     mode: (v.mode as EnforcementMode | undefined) ?? null,
     policy: v.policy !== undefined ? rel(v.policy as string) : null,
     schema: v.schema ? rel(v.schema as string) : null,
+    catalog: v.catalog ? rel(v.catalog as string) : null,
     artifact: v.artifact
       ? {
           file: rel((v.artifact as { file: string }).file),

@@ -14,6 +14,7 @@ import type { EnforcementMode } from "../artifacts/trace-claim.js";
 import type { Bodies, Handlers, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
+import { CatalogGuard, type DriftEvent } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
 import type { Decider } from "./fixed-policy.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
@@ -71,6 +72,8 @@ export class Gateway {
   readonly #sessions = new Map<string, { agent: string; workflows: readonly string[]; calls: number }>();
   readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
   readonly approvals: ApprovalQueue;
+  /** The approved catalog at run time; null when the artifact seals none. */
+  readonly guard: CatalogGuard | null;
   #endpoint: string | null = null;
   #boundPort: number | null = null;
   #admin: AdminServer | null = null;
@@ -100,6 +103,13 @@ export class Gateway {
       ),
       record: (view, s) => this.#recordApproval(view, s),
     });
+    this.guard = sealed.catalog
+      ? new CatalogGuard(sealed.catalog, {
+          onDrift: sealed.artifact.enforcement.on_drift,
+          record: (e) => this.#recordDrift(e),
+          log,
+        })
+      : null;
     this.identity = identity;
     this.#log = log;
     this.#supervisor = new RuntimeSupervisor({
@@ -174,6 +184,7 @@ export class Gateway {
       // Its state directory must be reachable too, or the runtime would die at spawn and restart forever.
       if (identity) await assertReadableBy(identity, [join(config.data_dir, "runtime")]);
       gateway = new Gateway(config, chain, sealed, identity, log, options);
+      await gateway.#checkCatalog();
       gateway.#admin = await AdminServer.start(gateway, config.data_dir);
       gateway.#supervisor.start();
       return gateway;
@@ -238,11 +249,83 @@ export class Gateway {
     this.#draining = true;
     // Held calls end now, denied and recorded, instead of waiting out their hold in the drain.
     await this.approvals.close();
+    this.guard?.stop();
     const deadline = this.config.drain_timeout_seconds * 1000;
     await this.#supervisor.stop(deadline);
     await this.#admin?.close();
     // Decisions in flight already hold their place in the chain; close() waits for them to be durable.
     await this.chain.close();
+  }
+
+  /** At start: upstreams outside the catalog are refused and recorded; identities are checked, then watched. */
+  async #checkCatalog(): Promise<void> {
+    const guard = this.guard;
+    if (!guard) return;
+    const { approved, refused } = guard.partition(this.config.upstreams);
+    for (const u of refused) {
+      this.#log(`upstream ${u.name} is not in the approved catalog: not connected`);
+      await this.chain.append({
+        type: "enforcement",
+        subject: { server: u.name },
+        data: {
+          action: "server_not_in_catalog",
+          reason: "not in the approved catalog; never spawned or connected",
+        },
+      });
+    }
+    await guard.checkIdentities(approved);
+    guard.watch(approved, this.sealed.artifact.enforcement.measurement_interval_seconds * 1000);
+  }
+
+  /** Upstreams the runtime may connect: all of them, or with a catalog the approved ones not isolated. */
+  #connectable(): GatewayConfig["upstreams"] {
+    const guard = this.guard;
+    if (!guard) return this.config.upstreams;
+    return guard
+      .partition(this.config.upstreams)
+      .approved.filter((u) => guard.refusal(u.name, undefined) === null);
+  }
+
+  /** The approved tools of one server that this session's agent may call (never the live definitions). */
+  async #expose(
+    req: Bodies["catalog_observed"]["req"],
+  ): Promise<NonNullable<Bodies["catalog_observed"]["rep"]["expose"]>> {
+    const bindings = await this.guard!.observe(req.server, req.session, req.tools);
+    const session = req.session === undefined ? undefined : this.#sessions.get(req.session);
+    const out = [];
+    for (const b of bindings) {
+      // Listing is filtered by the policy for this agent and workflow: a tool it may never call is not shown.
+      if (session && req.session) {
+        const d = this.sealed.engine.evaluate({
+          agent: session.agent,
+          workflows: session.workflows,
+          session: req.session,
+          server: b.server,
+          method: "tools/call",
+          tool: b.name,
+        });
+        if (d.outcome === "deny" && this.mode === "enforcing") continue;
+      }
+      out.push({ name: b.exposed, tool: b.name, definition: b.entry.tool });
+    }
+    return out;
+  }
+
+  async #recordDrift(e: DriftEvent): Promise<void> {
+    await this.chain.append({
+      type: "drift",
+      subject: {
+        server: e.server,
+        ...(e.session !== undefined ? { session: e.session } : {}),
+        ...(e.tool !== undefined ? { tool: e.tool.slice(0, 1024) } : {}),
+      },
+      data: {
+        kind: e.kind,
+        action: e.action,
+        applied: e.applied,
+        changes: e.changes as unknown as Record<string, unknown>[],
+      } as Record<string, unknown>,
+    });
   }
 
   async #recordApproval(view: PendingView, s: ApprovalSettlement): Promise<number> {
@@ -292,7 +375,10 @@ export class Gateway {
       listen: { host: c.listen.host, port: this.#boundPort ?? c.listen.port },
       ...(tls ? { tls } : {}),
       agents: c.agents,
-      upstreams: c.upstreams,
+      upstreams: this.#connectable(),
+      ...(this.guard
+        ? { catalog: { relistMs: this.sealed.artifact.enforcement.measurement_interval_seconds * 1000 } }
+        : {}),
       collision: c.collision,
       limits: {
         maxBodyBytes: c.limits.max_body_bytes,
@@ -330,6 +416,7 @@ export class Gateway {
       await_approval: async ({ session, approval_id }) => this.approvals.wait(session, approval_id),
       inspect: (req) => this.#inspect(req),
       catalog_observed: async (req) => {
+        const expose = this.guard ? await this.#expose(req) : undefined;
         const prev = this.#upstreams.get(req.server);
         this.#upstreams.set(req.server, {
           tools: req.tools.length,
@@ -337,7 +424,7 @@ export class Gateway {
           prompts: req.prompts.length,
           last_event: prev?.last_event ?? null,
         });
-        return { ok: true };
+        return expose ? { ok: true, expose } : { ok: true };
       },
       upstream_event: async (req) => {
         const entry = this.#upstreams.get(req.server) ?? {
@@ -437,6 +524,11 @@ export class Gateway {
         failClosed: true,
       };
     }
+    const refusal = this.#catalogRefusal(req);
+    if (refusal !== null) {
+      session.calls++;
+      return { outcome: "deny", reasons: [refusal], policy_ids: [], redact: [], failClosed: false };
+    }
     const d = this.sealed.engine.evaluate({
       agent: req.agent,
       workflows: session.workflows,
@@ -470,6 +562,20 @@ export class Gateway {
       redact: d.redact,
       failClosed: d.errors.length > 0,
     };
+  }
+
+  /** The approved catalog's verdict: an isolated server, a tool outside the catalog or drifted, bad arguments. */
+  #catalogRefusal(req: Bodies["decide"]["req"]): string | null {
+    const guard = this.guard;
+    if (!guard) return null;
+    const isCall = req.method === "tools/call";
+    const refused = guard.refusal(req.server, isCall ? req.tool : undefined);
+    if (refused !== null || !isCall || req.tool === undefined) return refused;
+    return guard.argumentsProblem(
+      req.server,
+      req.tool,
+      (req.params as { arguments?: unknown } | null)?.arguments,
+    );
   }
 
   async #inspect(req: Bodies["inspect"]["req"]): Promise<Bodies["inspect"]["rep"]> {

@@ -17,6 +17,7 @@ import {
   type PolicyArtifact,
 } from "../artifacts/policy-artifact.js";
 import type { EnforcementMode } from "../artifacts/trace-claim.js";
+import { catalogHash, readCatalog, type Catalog } from "./catalog.js";
 import { shippedBundlePath } from "./cedar-bundle.js";
 import { CedarEngine } from "./cedar-policy.js";
 import type { GatewayConfig } from "./config.js";
@@ -26,6 +27,8 @@ export interface SealedPolicy {
   artifact: PolicyArtifact;
   artifactHash: string;
   mode: EnforcementMode;
+  /** The approved catalog the artifact seals, or null when it seals none. */
+  catalog: Catalog | null;
 }
 
 /** The bundle dev mode runs when its config names none. */
@@ -40,7 +43,8 @@ const CHECK_NAMES: Record<ArtifactCheck, string> = {
   expired: "expired",
 };
 
-type PolicyConfig = Pick<GatewayConfig, "policy" | "schema" | "artifact" | "mode" | "dev">;
+type PolicyConfig = Pick<GatewayConfig, "policy" | "schema" | "artifact" | "mode" | "dev"> &
+  Partial<Pick<GatewayConfig, "catalog">>;
 
 export async function loadSealedPolicy(config: PolicyConfig, now = new Date()): Promise<SealedPolicy> {
   const dir = config.policy ?? (config.dev ? shippedBundlePath(DEV_BUNDLE) : null);
@@ -64,7 +68,13 @@ export async function loadSealedPolicy(config: PolicyConfig, now = new Date()): 
         "the config names no sealed policy artifact (artifact.file and artifact.issuer_key); create one with cmcp seal",
       );
     const artifact = selfSeal(engine, config.mode ?? "advisory", now);
-    return { engine, artifact, artifactHash: artifactHash(artifact), mode: artifact.enforcement_mode };
+    return {
+      engine,
+      artifact,
+      artifactHash: artifactHash(artifact),
+      mode: artifact.enforcement_mode,
+      catalog: null,
+    };
   }
 
   const file = config.artifact.file;
@@ -103,15 +113,24 @@ export async function loadSealedPolicy(config: PolicyConfig, now = new Date()): 
       "schema-hash",
       `seals schema ${a.policy.schema_hash}, but the schema on disk hashes to ${engine.schemaHash}`,
     );
-  // The approved catalog arrives with the catalog issue; until then no artifact may claim one.
-  if (a.catalog_hash !== null)
+  let catalog: Catalog | null = null;
+  if (config.catalog) {
+    catalog = await readCatalog(config.catalog);
+    if (catalog.review === null)
+      refuse("catalog-unapproved", `catalog ${config.catalog} was never approved (cmcp catalog approve)`);
+    const hash = catalogHash(catalog);
+    if (a.catalog_hash === null)
+      refuse("catalog-hash", `seals no catalog, but the config names ${config.catalog}`);
+    if (a.catalog_hash !== hash)
+      refuse("catalog-hash", `seals catalog ${a.catalog_hash}, but ${config.catalog} hashes to ${hash}`);
+  } else if (a.catalog_hash !== null)
     refuse("catalog-hash", `seals catalog ${a.catalog_hash}, but the config names no catalog`);
   if (config.mode !== null && config.mode !== a.enforcement_mode)
     refuse(
       "mode",
       `seals mode ${a.enforcement_mode}, but the config asks for ${config.mode}; changing the mode needs a new artifact`,
     );
-  return { engine, artifact: a, artifactHash: r.hash, mode: a.enforcement_mode };
+  return { engine, artifact: a, artifactHash: r.hash, mode: a.enforcement_mode, catalog };
 }
 
 function selfSeal(engine: CedarEngine, mode: EnforcementMode, now: Date): PolicyArtifact {

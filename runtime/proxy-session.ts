@@ -91,6 +91,9 @@ export class ProxySession {
   #resources: Map<string, string> | null = null;
   #templates: { server: string; template: UriTemplate }[] | null = null;
   #closed = false;
+  #relistTimer: NodeJS.Timeout | undefined;
+  #relisting = false;
+  #relists = 0;
   #unsubscribe: () => void = () => undefined;
   /** Which upstream created each task this agent started: tasks/* go back to it. */
   readonly #tasks = new Map<string, string>();
@@ -119,10 +122,16 @@ export class ProxySession {
     );
     this.#registerHandlers();
     this.server.oninitialized = () => void this.#open().catch(() => undefined);
+    const relistMs = ctx.config.catalog?.relistMs;
+    if (relistMs !== undefined) {
+      this.#relistTimer = setInterval(() => void this.#relist(), relistMs);
+      this.#relistTimer.unref();
+    }
     this.server.onclose = () => void this.close("agent transport closed");
     this.#unsubscribe = ctx.pool.subscribe({
       onListChanged: (server, method) => {
         this.#invalidate();
+        if (ctx.config.catalog && method === "notifications/tools/list_changed") void this.#relist();
         void this.server.notification({ method } as never).catch(() => undefined);
         void ctx.gov
           .upstreamEvent({ server, session: this.id, event: "list_changed", detail: method })
@@ -489,19 +498,38 @@ export class ProxySession {
     const lists = await Promise.all(
       servers.map((s) =>
         this.#listAll(s, method, key, extra).then(
-          (items) => ({ server: s, items }),
+          (items) => ({ server: s, items, listed: true }),
           (err: unknown) => {
             this.#ctx.log(`listing ${key} of ${s} failed: ${(err as Error).message}`);
-            return { server: s, items: [] as Json[] };
+            return { server: s, items: [] as Json[], listed: false };
           },
         ),
       ),
     );
+    const bindings = new Map<string, Binding>();
+    const exposed: Json[] = [];
+    if (key === "tools" && this.#ctx.config.catalog) {
+      // An approved catalog decides: agents see its definitions under its names, whatever the upstream says now.
+      for (const { server, items, listed } of lists) {
+        // A failed listing says nothing about drift: that server's tools are just not offered this time.
+        if (!listed) continue;
+        const r = await this.#ctx.gov.catalogObserved({
+          server,
+          session: this.id,
+          tools: items.slice(0, MAX_CATALOG_ITEMS),
+          resources: [],
+          prompts: [],
+        });
+        for (const e of r.expose ?? []) {
+          bindings.set(e.name, { server, name: e.tool });
+          exposed.push({ ...(e.definition as Json), name: e.name });
+        }
+      }
+      return { items: exposed, bindings };
+    }
     const count = new Map<string, number>();
     for (const { items } of lists)
       for (const it of items) count.set(String(it.name), (count.get(String(it.name)) ?? 0) + 1);
-    const bindings = new Map<string, Binding>();
-    const exposed: Json[] = [];
     for (const { server, items } of lists) {
       for (const it of items) {
         const name = String(it.name);
@@ -763,6 +791,8 @@ export class ProxySession {
           event: "list_changed",
           detail: method,
         });
+        // With a catalog the change is checked now, not when the agent next lists.
+        if (this.#ctx.config.catalog && method === "notifications/tools/list_changed") await this.#relist();
         await this.server.notification({ method } as never);
         return;
       }
@@ -773,9 +803,36 @@ export class ProxySession {
     }
   }
 
+  /**
+   * Lists every upstream's tools again so the governor compares them with the
+   * approved catalog (drift), and tells the agent if what it may see changed.
+   */
+  async #relist(): Promise<void> {
+    if (this.#closed || this.#relisting) return;
+    this.#relisting = true;
+    try {
+      const before = this.#tools ? [...this.#tools.keys()].sort().join("\n") : null;
+      const n = ++this.#relists;
+      const extra: Extra = {
+        signal: AbortSignal.timeout(60_000),
+        requestId: `cmcp-relist-${n}`,
+        sendNotification: async () => undefined,
+      };
+      const { bindings } = await this.#aggregate("tools", "tools/list", "tools", extra);
+      this.#tools = bindings;
+      if (before !== null && before !== [...bindings.keys()].sort().join("\n"))
+        await this.server.notification({ method: "notifications/tools/list_changed" } as never);
+    } catch (err) {
+      this.#ctx.log(`re-listing tools for the catalog check failed: ${(err as Error).message}`);
+    } finally {
+      this.#relisting = false;
+    }
+  }
+
   async close(reason: string): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#relistTimer) clearInterval(this.#relistTimer);
     this.#unsubscribe();
     const conns = [...this.#upstreams.values()];
     this.#upstreams.clear();

@@ -248,6 +248,8 @@ export async function verifyBundleFile(
     claimsAtSize.set(c.checkpoint.size, [...(claimsAtSize.get(c.checkpoint.size) ?? []), i]),
   );
   const summaryOf = new Map<number, CallSummary>();
+  // Drift found outside any session (a server identity check) counts in every session's claim.
+  let sharedDrift = 0;
   const nullHashes = { policy: -1, catalog: -1 };
   const policyHashes = new Set<string>();
   const catalogHashes = new Set<string>();
@@ -373,6 +375,7 @@ export async function verifyBundleFile(
     if (f.policy.catalog_hash) catalogHashes.add(f.policy.catalog_hash);
     else if (f.decision && nullHashes.catalog < 0) nullHashes.catalog = f.seq;
     if (f.subject.session !== undefined) sessionBuilders.get(f.subject.session)?.add(f);
+    else if (f.type === "drift") sharedDrift++;
     if (wantLeaf.has(f.seq)) leafAt.set(f.seq, f.leafHash);
     acc.append(f.leafHash);
     if (sizesOfInterest.has(acc.size)) {
@@ -380,7 +383,7 @@ export async function verifyBundleFile(
       tipAt.set(acc.size, f.entryHash);
       kidAt.set(acc.size, epochKid ?? "");
       for (const i of claimsAtSize.get(acc.size) ?? []) {
-        summaryOf.set(i, sessionBuilders.get(h.claims[i]!.session_id)!.summary());
+        summaryOf.set(i, sessionBuilders.get(h.claims[i]!.session_id)!.summary(sharedDrift));
       }
     }
     prevHash = f.entryHash;

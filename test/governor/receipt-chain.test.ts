@@ -134,12 +134,20 @@ describe("ReceiptChain", () => {
     await chain.append(decision("a", "rm", "deny"));
     await chain.append(decision("b", "echo", "allow"));
     await chain.append(decision("a", "add", "allow"));
+    // Drift in this session and drift outside any session count; another session's does not.
+    for (const session of ["a", undefined, "b"])
+      await chain.append({
+        type: "drift",
+        subject: { server: "s", ...(session ? { session } : {}) },
+        data: { kind: "definition" },
+      });
     const claim = await chain.issueClaim("a");
     expect(claim.call_summary).toEqual({
       tool_calls_total: 3,
       allowed: 2,
       denied: 1,
       tools_invoked: ["add", "echo"],
+      drift_events: 2,
     });
     expect(claim.attestation_report.provider).toBe("software");
     await chain.close();

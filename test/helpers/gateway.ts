@@ -14,7 +14,8 @@ import type { ClientCapabilities } from "@modelcontextprotocol/sdk/types.js";
 import { canonicalBytes } from "../../artifacts/canonical-json.js";
 import { toBase64 } from "../../artifacts/encoding.js";
 import { generateSigner, signerFromSeed, type Signer } from "../../artifacts/keys.js";
-import { artifactTime, sealArtifact } from "../../artifacts/policy-artifact.js";
+import { artifactTime, sealArtifact, type PolicyArtifact } from "../../artifacts/policy-artifact.js";
+import { catalogHash, type Catalog } from "../../governor/catalog.js";
 import { CedarEngine } from "../../governor/cedar-policy.js";
 import type { EnforcementMode } from "../../artifacts/trace-claim.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
@@ -70,6 +71,7 @@ export async function writeSealedPolicy(
   dir: string,
   mode: EnforcementMode = "enforcing",
   files: Record<string, string> = { "allow-all.cedar": ALLOW_ALL },
+  sealed: { catalogHash?: string; enforcement?: PolicyArtifact["enforcement"] } = {},
 ): Promise<{ policy: string; artifact: { file: string; issuer_key: string }; issuer: Signer }> {
   const policy = join(dir, "policy");
   await mkdir(policy);
@@ -80,10 +82,10 @@ export async function writeSealedPolicy(
   const artifact = sealArtifact(
     {
       policy: { bundle_hash: engine.bundleHash, schema_hash: engine.schemaHash, version: "test-1" },
-      catalog_hash: null,
+      catalog_hash: sealed.catalogHash ?? null,
       enforcement_mode: mode,
       runtime_measurement: null,
-      enforcement: { measurement_interval_seconds: 60, on_drift: "deny_tool" },
+      enforcement: sealed.enforcement ?? { measurement_interval_seconds: 60, on_drift: "deny_tool" },
       not_before: artifactTime(new Date(Date.now() - 60_000)),
       expires: artifactTime(new Date(Date.now() + 86_400_000)),
       provenance: { source_commit: null, author: "test", approver: null },
@@ -118,6 +120,9 @@ export async function startTestGateway(
     port?: number;
     /** Policy bundle files (name to Cedar text); default: one policy permitting everything. */
     policy?: Record<string, string>;
+    /** An approved catalog, sealed into the artifact and named in the config. */
+    catalog?: Catalog;
+    enforcement?: PolicyArtifact["enforcement"];
   } = {},
 ): Promise<TestGateway> {
   const dir = await mkdtemp(join(tmpdir(), "cmcp-gw-"));
@@ -125,13 +130,22 @@ export async function startTestGateway(
   const sandbox = join(dir, "sandbox");
   const identity = ensureRuntimeUser("cmcp-runtime");
   await prepareStateDir(sandbox, identity);
-  const { policy, artifact, issuer } = await writeSealedPolicy(dir, over.mode ?? "enforcing", extra.policy);
+  let catalog: string | null = null;
+  if (extra.catalog) {
+    catalog = join(dir, "catalog.json");
+    await writeFile(catalog, JSON.stringify(extra.catalog));
+  }
+  const { policy, artifact, issuer } = await writeSealedPolicy(dir, over.mode ?? "enforcing", extra.policy, {
+    ...(extra.catalog ? { catalogHash: catalogHash(extra.catalog) } : {}),
+    ...(extra.enforcement ? { enforcement: extra.enforcement } : {}),
+  });
   const config: GatewayConfig = {
     listen: { host: "127.0.0.1", port: extra.port ?? 0 },
     data_dir: join(dir, "data"),
     mode: "enforcing",
     policy,
     schema: null,
+    catalog,
     artifact,
     log: { origin: "cmcp.test/gateway" },
     checkpoint: { every_receipts: 1000, every_seconds: 0 },
