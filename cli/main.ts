@@ -172,6 +172,20 @@ export function buildProgram(): Command {
       process.exitCode = await runApprovals(opts);
     });
 
+  program
+    .command("claim")
+    .description(
+      "Issue a signed TRACE claim for one agent session through a running gateway: a fresh checkpoint, then the session's call summary (calls, allowed, denied, tools invoked, drift events) bound to that checkpoint's root. It is stored with the chain, so later exports include it; printed as JSON.",
+    )
+    .argument("<session>", "the agent session id (Mcp-Session-Id), as receipts name it")
+    .option("-d, --data-dir <dir>", "the governor's data directory", ".cmcp-data")
+    .action(async (session: string, opts: { dataDir: string }) => {
+      const { adminRequest, ADMIN_SOCKET } = await import("../governor/admin-server.js");
+      const { join } = await import("node:path");
+      const reply = await adminRequest(join(opts.dataDir, ADMIN_SOCKET), { cmd: "claim", session });
+      process.stdout.write(`${JSON.stringify(reply.claim, null, 2)}\n`);
+    });
+
   for (const decision of ["approve", "deny"] as const) {
     program
       .command(decision)

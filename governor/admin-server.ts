@@ -22,6 +22,7 @@ export type AdminRequest =
   | { cmd: "status" }
   | { cmd: "export" }
   | { cmd: "approvals" }
+  | { cmd: "claim"; session: string }
   | { cmd: "answer"; approval_id: string; statement: unknown };
 
 export class AdminServer {
@@ -86,6 +87,12 @@ export class AdminServer {
       if (req?.cmd === "status")
         return void socket.end(`${JSON.stringify({ ok: true, status: this.#gateway.status() })}\n`);
       if (req?.cmd === "export") return await this.#export(socket);
+      if (req?.cmd === "claim") {
+        if (typeof req.session !== "string" || req.session.length === 0 || req.session.length > 1024)
+          return fail("claim needs a session id");
+        const claim = await this.#gateway.chain.issueClaim(req.session);
+        return void socket.end(`${JSON.stringify({ ok: true, claim })}\n`);
+      }
       if (req?.cmd === "approvals")
         return void socket.end(
           `${JSON.stringify({ ok: true, pending: this.#gateway.approvals.pending() })}\n`,

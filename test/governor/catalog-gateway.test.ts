@@ -4,7 +4,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import type { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { Receipt } from "../../artifacts/receipt.js";
+import type { TraceClaim } from "../../artifacts/trace-claim.js";
+import { adminRequest } from "../../governor/admin-server.js";
 import { parseJson } from "../../artifacts/strict-json.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
@@ -110,6 +113,12 @@ describe("the approved catalog in the running gateway", () => {
     expect(await client.callTool({ name: "count", arguments: {} })).toMatchObject({
       content: [{ text: "3" }],
     });
+    // The session's TRACE claim reports the drift (cmcp claim goes through the same admin request).
+    const session = (client.transport as StreamableHTTPClientTransport).sessionId!;
+    const { claim } = (await adminRequest(tg.gateway.adminSocket!, { cmd: "claim", session })) as {
+      claim: TraceClaim;
+    };
+    expect(claim.call_summary).toMatchObject({ drift_events: 1, denied: 0 });
     const all = await receipts(tg);
     const drift = all.filter((r) => r.type === "drift");
     expect(drift).toHaveLength(1);
