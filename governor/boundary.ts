@@ -221,6 +221,8 @@ export const BOUNDARY = {
         reasons: { type: "array", maxItems: 64, items: { type: "string", maxLength: 2048 } },
         seq: { type: "integer", minimum: 0 },
         notify: { type: "boolean" },
+        /** False in advisory and silent modes: the outcome was recorded, not applied. */
+        enforced: { type: "boolean" },
         /** Enforcing mode: redaction targets (arg:/pointer, result:/pointer) the runtime applies. */
         redact: { type: "array", maxItems: 256, items: { type: "string", maxLength: 2048 } },
         /** require_approval in enforcing mode: hold the call and wait with await_approval. */
@@ -439,6 +441,7 @@ export interface Bodies {
       reasons: string[];
       seq: number;
       notify: boolean;
+      enforced?: boolean;
       redact?: string[];
       hold?: { approval_id: string; hold_ms: number };
     };

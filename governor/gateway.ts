@@ -478,6 +478,7 @@ export class Gateway {
       reasons: decision.reasons,
       seq: appended.seq,
       notify: allow && decision.outcome !== "allow" && this.mode !== "silent",
+      enforced: this.mode === "enforcing",
       // Redaction is enforcement: applied in enforcing mode only, like blocking.
       ...(redact.length > 0 && this.mode === "enforcing" ? { redact } : {}),
     };

@@ -346,11 +346,13 @@ export class ProxySession {
   #tell(d: Decided, method: string, target: string, extra: Extra, result: Json): Json {
     if (!d.notify) return result;
     const wouldBlock = d.outcome === "deny" || d.outcome === "require_approval";
+    const enforced = d.enforced !== false;
     const note = {
       outcome: d.outcome,
       reasons: d.reasons,
       receipt: d.seq,
       would_block: wouldBlock,
+      enforced,
     };
     void extra
       .sendNotification({
@@ -358,7 +360,7 @@ export class ProxySession {
         params: {
           level: "warning",
           logger: "cmcp",
-          data: `${method} ${target}: policy outcome "${d.outcome}"${wouldBlock ? " (advisory mode: not enforced)" : ""}${d.reasons.length ? `: ${d.reasons.join("; ")}` : ""} [receipt ${d.seq}]`,
+          data: `${method} ${target}: policy outcome "${d.outcome}"${enforced ? "" : " (advisory mode: recorded, not enforced)"}${d.reasons.length ? `: ${d.reasons.join("; ")}` : ""} [receipt ${d.seq}]`,
         },
       })
       .catch(() => undefined);

@@ -291,6 +291,7 @@ describe("gateway decisions", () => {
       expect(result._meta?.["cmcp/decision"]).toMatchObject({
         outcome: "deny",
         would_block: true,
+        enforced: false,
         reasons: ["deny/no-echo: echo is not needed"],
       });
       await vi.waitFor(() => expect(logged).toHaveLength(1));
@@ -344,7 +345,11 @@ describe("gateway decisions", () => {
       const client = await connectClient(tg.url);
       const echoed = await client.callTool({ name: "echo", arguments: { message: "my password" } });
       expect(echoed).toMatchObject({ content: [{ text: "Echo: [redacted by cmcp policy]" }] });
-      expect(echoed._meta?.["cmcp/decision"]).toMatchObject({ outcome: "redact", would_block: false });
+      expect(echoed._meta?.["cmcp/decision"]).toMatchObject({
+        outcome: "redact",
+        would_block: false,
+        enforced: true,
+      });
       const summed = await client.callTool({ name: "get-sum", arguments: { a: 1, b: 2 } });
       expect(summed.content).toEqual([{ type: "text", text: "[redacted by cmcp policy]" }]);
       await expect(client.callTool({ name: "get-env", arguments: {} })).rejects.toThrow(
