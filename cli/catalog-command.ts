@@ -5,6 +5,10 @@
  * by tool and field by field; approve records the reviewer and prints the
  * catalog hash that `cmcp seal --catalog-hash` signs into the policy artifact.
  *
+ * With --previous, the package names and hosts of an earlier catalog count as
+ * known for the snapshot's look-alike (typosquat) check, beside the shipped
+ * list of well-known MCP packages.
+ *
  * Exit codes: 0 success (diff: identical), 1 refused or different (a server
  * failed to snapshot, high findings at approve, catalogs differ), 2 unreadable
  * input or bad usage.
@@ -39,6 +43,8 @@ export interface SnapshotCliOptions {
   timeout?: number;
   rules?: string;
   json?: boolean;
+  /** An earlier catalog (normally the approved one): its package names and hosts count as known. */
+  previous?: string;
 }
 
 export interface DiffCliOptions {
@@ -160,6 +166,20 @@ export async function runCatalogSnapshot(opts: SnapshotCliOptions): Promise<numb
     complain("snapshot", errText(err));
     return 2;
   }
+  let previous: Catalog | undefined;
+  if (opts.previous !== undefined) {
+    try {
+      previous = await readCatalog(opts.previous);
+    } catch (err) {
+      complain("snapshot", `--previous: ${errText(err)}`);
+      return 2;
+    }
+    if (previous.review === null)
+      complain(
+        "snapshot",
+        `note: ${opts.previous} is not approved (review is null); its names are still compared as known ones`,
+      );
+  }
   let upstreams;
   try {
     upstreams = (await loadConfig(opts.config, { upstreamsOnly: true })).upstreams;
@@ -171,6 +191,7 @@ export async function runCatalogSnapshot(opts: SnapshotCliOptions): Promise<numb
     { upstreams },
     {
       rules,
+      ...(previous !== undefined ? { previous } : {}),
       ...(opts.timeout !== undefined ? { timeoutMs: opts.timeout * 1000 } : {}),
       onServer: (name, o) => process.stderr.write(`  ${o.ok ? "listed" : "FAILED"} ${name}\n`),
     },

@@ -354,11 +354,16 @@ export function buildProgram(): Command {
         ).argParser((v) => parseCount(v, "--timeout")),
       )
       .option("--rules <file>", "scanner rules (default: the shipped policies/scanner-rules.json)")
+      .option(
+        "--previous <file>",
+        "an earlier (approved) catalog: its package names and hosts count as known when flagging look-alike (typosquat) names",
+      )
       .option("--json", "print the summary as JSON")
       .action(
         async (opts: {
           config: string;
           out: string;
+          previous?: string;
           force?: boolean;
           timeout?: number;
           rules?: string;

@@ -21,7 +21,7 @@ import {
   type ToolBinding,
 } from "./catalog.js";
 
-export type DriftKind = "definition" | "removed" | "unapproved_tool" | "identity";
+export type DriftKind = "definition" | "unapproved_tool" | "identity";
 
 export interface DriftEvent {
   kind: DriftKind;
@@ -141,16 +141,9 @@ export class CatalogGuard {
     }
     for (const [name, b] of pinned) {
       const l = liveByName.get(name);
-      if (l === undefined) {
-        await this.#drift({
-          kind: "removed",
-          server,
-          tool: name,
-          changes: [{ path: "", op: "removed" }],
-          ...(session ? { session } : {}),
-        });
-        continue;
-      }
+      // A missing tool is not drift: servers offer some tools only to clients with certain capabilities
+      // (server-everything's elicitation tools), and a tool that is not there is neither listed nor callable.
+      if (l === undefined) continue;
       let liveHash: string;
       try {
         liveHash = definitionHash(l);

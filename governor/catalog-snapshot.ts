@@ -19,6 +19,11 @@
  * capabilities from agents that have them) and roots when the upstream has
  * roots configured, as the runtime does; requests the server sends are not
  * answered except roots/list.
+ *
+ * Each server's package name (stdio) or host name (HTTP) is compared with
+ * the well-known MCP packages and, when a previous catalog is given, the
+ * names approved in it; look-alikes are reported as typosquat.* findings
+ * (governor/typosquat.ts, a partial defence: only names near those lists).
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
@@ -55,6 +60,13 @@ import {
   type JsonObject,
 } from "./catalog.js";
 import { defaultScannerRules, type ScannerRules, type Severity } from "./tool-scanner.js";
+import {
+  approvedReferences,
+  findLookAlikes,
+  identitySubject,
+  wellKnownReferences,
+  type LookAlikeReference,
+} from "./typosquat.js";
 
 export interface SnapshotOptions {
   /** Per server: identity, connect and every listing (default 60 s, or the upstream's connect_timeout_ms if longer). */
@@ -68,6 +80,8 @@ export interface SnapshotOptions {
   /** Trust anchors for reading TLS pins of https upstreams (tests); the system store otherwise. */
   ca?: string | Buffer;
   now?: Date;
+  /** A previous (approved) catalog: its package names and hosts count as known for the look-alike check. */
+  previous?: Catalog;
   /** Called as each server finishes. */
   onServer?: (name: string, outcome: { ok: boolean; message?: string }) => void;
 }
@@ -461,6 +475,29 @@ function identityFindings(server: string, id: ServerIdentity): CatalogFinding[] 
   return [];
 }
 
+/** Package and host names that look like well-known or previously approved ones (a partial defence). */
+function lookAlikeFindings(
+  servers: readonly CatalogServer[],
+  previous: Catalog | undefined,
+): CatalogFinding[] {
+  const refs: LookAlikeReference[] = [
+    ...wellKnownReferences(),
+    ...(previous !== undefined ? approvedReferences(previous) : []),
+  ];
+  const out: CatalogFinding[] = [];
+  for (const s of servers) {
+    const subject = identitySubject(s.identity);
+    if (!subject) continue;
+    for (const m of findLookAlikes(subject, refs))
+      out.push({
+        ...catalogFinding(s.name, null, m.ruleId, m.severity, m.title, m.explanation, m.detail),
+        path: subject.path,
+        span: subject.span,
+      });
+  }
+  return out;
+}
+
 /** Finds tool names offered by several servers and aliases them "<server>.<tool>". */
 function resolveCollisions(servers: CatalogServer[], findings: CatalogFinding[]): void {
   const owners = new Map<string, string[]>();
@@ -544,6 +581,7 @@ export async function snapshotCatalog(
     } else failures.push(o.failure);
   }
   resolveCollisions(servers, findings);
+  findings.push(...lookAlikeFindings(servers, opts.previous));
   const catalog = validateCatalog(
     {
       format: CATALOG_FORMAT,

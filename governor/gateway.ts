@@ -4,7 +4,8 @@
  * response the runtime would relay, and supervises the runtime. It never
  * sees HTTP, SSE or JSON-RPC framing: only the boundary table's bodies.
  */
-import { chmod, readFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { fromBase64 } from "../artifacts/encoding.js";
@@ -18,6 +19,7 @@ import { CatalogGuard, type DriftEvent } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
 import type { Decider } from "./fixed-policy.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
+import { DEV_REVIEWER, devCatalog } from "./dev-catalog.js";
 import { ReceiptChain } from "./receipt-chain.js";
 import { runtimeEntryFile, RuntimeSupervisor } from "./runtime-supervisor.js";
 import {
@@ -147,14 +149,14 @@ export class Gateway {
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config } = options;
     const log = options.log ?? (() => undefined);
-    const sealed = await loadSealedPolicy(config);
+    const identity = ensureRuntimeUser(config.runtime.user);
+    if (identity && !options.runtimeCommand)
+      await assertReadableBy(identity, [runtimeEntryFile(), process.execPath]);
+    const sealed = await Gateway.#sealedPolicy(config, identity, log);
     if (sealed.artifact.self_sealed)
       log(
         "policy artifact SELF-SEALED with a throwaway key (dev mode): every claim says so; no one approved this policy",
       );
-    const identity = ensureRuntimeUser(config.runtime.user);
-    if (identity && !options.runtimeCommand)
-      await assertReadableBy(identity, [runtimeEntryFile(), process.execPath]);
     const signer = options.signer ?? generateSigner();
     const chain = await ReceiptChain.open({
       dataDir: config.data_dir,
@@ -192,6 +194,24 @@ export class Gateway {
       if (gateway) await gateway.#admin?.close().catch(() => undefined);
       await chain.close().catch(() => undefined);
       throw err;
+    }
+  }
+
+  /** The sealed policy; dev mode first snapshots and self-approves its own catalog so it too runs pinned. */
+  static async #sealedPolicy(
+    config: GatewayConfig,
+    identity: RuntimeIdentity | null,
+    log: (line: string) => void,
+  ): Promise<SealedPolicy> {
+    if (!config.dev || config.catalog !== null) return loadSealedPolicy(config);
+    const dir = await mkdtemp(join(tmpdir(), "cmcp-dev-catalog-"));
+    try {
+      await chmod(dir, 0o711);
+      const catalog = await devCatalog(config, identity, dir);
+      log(`dev mode: catalog snapshot of the embedded upstreams SELF-APPROVED (${DEV_REVIEWER}) and sealed`);
+      return await loadSealedPolicy({ ...config, catalog });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   }
 

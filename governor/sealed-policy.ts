@@ -67,13 +67,14 @@ export async function loadSealedPolicy(config: PolicyConfig, now = new Date()): 
         "artifact.missing",
         "the config names no sealed policy artifact (artifact.file and artifact.issuer_key); create one with cmcp seal",
       );
-    const artifact = selfSeal(engine, config.mode ?? "advisory", now);
+    const catalog = config.catalog ? await readCatalog(config.catalog) : null;
+    const artifact = selfSeal(engine, config.mode ?? "advisory", now, catalog ? catalogHash(catalog) : null);
     return {
       engine,
       artifact,
       artifactHash: artifactHash(artifact),
       mode: artifact.enforcement_mode,
-      catalog: null,
+      catalog,
     };
   }
 
@@ -133,12 +134,17 @@ export async function loadSealedPolicy(config: PolicyConfig, now = new Date()): 
   return { engine, artifact: a, artifactHash: r.hash, mode: a.enforcement_mode, catalog };
 }
 
-function selfSeal(engine: CedarEngine, mode: EnforcementMode, now: Date): PolicyArtifact {
+function selfSeal(
+  engine: CedarEngine,
+  mode: EnforcementMode,
+  now: Date,
+  catalog: string | null,
+): PolicyArtifact {
   const start = new Date(now.getTime() - 60_000);
   return sealArtifact(
     {
       policy: { bundle_hash: engine.bundleHash, schema_hash: engine.schemaHash, version: engine.version },
-      catalog_hash: null,
+      catalog_hash: catalog,
       enforcement_mode: mode,
       runtime_measurement: null,
       enforcement: { measurement_interval_seconds: 60, on_drift: "alert" },

@@ -46,7 +46,7 @@ describe("cmcp policy", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/read-only\/filesystem-read-only\s+permit allow\s+\(read-only\.cedar:\d+\)/);
     expect(r.stdout).toMatch(
-      /^VALID: 10 policies in 5 files, bundle sha256:[0-9a-f]{64}, schema sha256:[0-9a-f]{64}$/m,
+      /^VALID: 10 policies in 6 files, bundle sha256:[0-9a-f]{64}, schema sha256:[0-9a-f]{64}$/m,
     );
     const j = await cmcp(["policy", "validate", DEMO, "--json"]);
     expect(j.code).toBe(0);
