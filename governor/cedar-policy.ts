@@ -38,7 +38,7 @@ import {
   type RequestNeeds,
   type Slice,
 } from "./cedar-slice.js";
-import type { Decider, Decision } from "./fixed-policy.js";
+import type { Decider, Decision } from "./decider.js";
 
 export const DRIFT_STATES = ["none", "suspect", "drifted", "quarantined"] as const;
 export type DriftState = (typeof DRIFT_STATES)[number];
@@ -85,7 +85,7 @@ export interface CedarRequestContext {
 }
 
 /**
- * One request to decide. A superset of fixed-policy's DecisionInput, so the
+ * One request to decide. A superset of the Decider's DecisionInput, so the
  * engine can stand behind the same Decider interface.
  */
 export interface CedarRequest {

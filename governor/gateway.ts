@@ -17,7 +17,7 @@ import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
 import { CatalogGuard, type DriftEvent } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
-import type { Decider } from "./fixed-policy.js";
+import type { Decider } from "./decider.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
 import { DEV_REVIEWER, devCatalog } from "./dev-catalog.js";
 import { ReceiptChain } from "./receipt-chain.js";
@@ -191,6 +191,7 @@ export class Gateway {
       gateway.#supervisor.start();
       return gateway;
     } catch (err) {
+      gateway?.guard?.stop();
       if (gateway) await gateway.#admin?.close().catch(() => undefined);
       await chain.close().catch(() => undefined);
       throw err;

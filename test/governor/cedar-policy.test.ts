@@ -21,7 +21,7 @@ import {
 } from "../../governor/cedar-bundle.js";
 import { CedarEngine, type CedarEngineOptions, type CedarRequest } from "../../governor/cedar-policy.js";
 import { readTestCases, runPolicyTests } from "../../governor/cedar-test-cases.js";
-import type { Decider } from "../../governor/fixed-policy.js";
+import type { Decider } from "../../governor/decider.js";
 
 const schema: SchemaSource = await readSchema();
 let dir: string;
