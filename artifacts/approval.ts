@@ -136,7 +136,8 @@ export function checkApproval(
   for (const k of Object.keys(binding) as (keyof ApprovalBinding)[]) {
     if (s[k] !== binding[k]) return { ok: false, reason: `the statement is for another call (${k} differs)` };
   }
-  if (now.getTime() >= Date.parse(s.expires))
+  // An expiry that is no date (the pattern admits month 13) counts as expired, never as "never".
+  if (!(now.getTime() < Date.parse(s.expires)))
     return { ok: false, reason: `the statement expired at ${s.expires}` };
   return { ok: true, statement: s, approver: approver.name };
 }

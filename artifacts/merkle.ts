@@ -108,19 +108,24 @@ export interface InclusionInput {
   root: Uint8Array;
 }
 
-/** RFC 9162 section 2.1.3.2. Never throws: hostile input yields a failed result. */
-export function verifyInclusion(input: InclusionInput): MerkleResult {
-  try {
-    return verifyInclusionUnsafe(input);
-  } catch (err) {
-    return fail("merkle.invalid_input", `inclusion input could not be read: ${String(err)}`);
-  }
-}
-
-function verifyInclusionUnsafe(input: InclusionInput): MerkleResult {
+/** Runs a verifier so that hostile input (not an object, throwing getters) yields a failed result. */
+function guarded<T extends object>(what: string, input: T, verify: (input: T) => MerkleResult): MerkleResult {
   if (typeof input !== "object" || input === null) {
     return fail("merkle.invalid_input", "input must be an object");
   }
+  try {
+    return verify(input);
+  } catch (err) {
+    return fail("merkle.invalid_input", `${what} input could not be read: ${String(err)}`);
+  }
+}
+
+/** RFC 9162 section 2.1.3.2. Never throws: hostile input yields a failed result. */
+export function verifyInclusion(input: InclusionInput): MerkleResult {
+  return guarded("inclusion", input, verifyInclusionUnsafe);
+}
+
+function verifyInclusionUnsafe(input: InclusionInput): MerkleResult {
   const index = toUint64(input.index);
   if (index === undefined) {
     return fail("merkle.invalid_index", "index must be a non-negative integer below 2^64");
@@ -173,17 +178,10 @@ export interface ConsistencyInput {
 
 /** RFC 9162 section 2.1.4.2. Never throws: hostile input yields a failed result. */
 export function verifyConsistency(input: ConsistencyInput): MerkleResult {
-  try {
-    return verifyConsistencyUnsafe(input);
-  } catch (err) {
-    return fail("merkle.invalid_input", `consistency input could not be read: ${String(err)}`);
-  }
+  return guarded("consistency", input, verifyConsistencyUnsafe);
 }
 
 function verifyConsistencyUnsafe(input: ConsistencyInput): MerkleResult {
-  if (typeof input !== "object" || input === null) {
-    return fail("merkle.invalid_input", "input must be an object");
-  }
   const oldSize = toUint64(input.oldSize);
   const newSize = toUint64(input.newSize);
   if (oldSize === undefined || newSize === undefined) {

@@ -144,10 +144,6 @@ export function commitment(value: unknown, salt: Uint8Array): string {
   return sha256Hex(COMMITMENT_CONTEXT, salt, canonicalBytes(value));
 }
 
-export function isHash(text: unknown): text is string {
-  return typeof text === "string" && /^[0-9a-f]{64}$/.test(text);
-}
-
 /** UTC timestamp with millisecond precision, the only form receipts and claims use. */
 export function utcTimestamp(date: Date = new Date()): string {
   return date.toISOString();

@@ -19,10 +19,10 @@ export async function runVerify(bundle: string, opts: VerifyCliOptions): Promise
   const report = await verifyBundleFile(bundle, {
     trustedKeys: opts.key,
     allowUnanchored: opts.allowUnanchored === true,
-    ...(opts.policyHash !== undefined ? { policyHash: opts.policyHash } : {}),
-    ...(opts.catalogHash !== undefined ? { catalogHash: opts.catalogHash } : {}),
+    policyHash: opts.policyHash,
+    catalogHash: opts.catalogHash,
     issuerKeys: opts.issuerKey,
-    ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+    workers: opts.workers,
   });
   process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
   if (report.unreadable) return 2;

@@ -23,7 +23,7 @@ export const BUNDLE_LIMITS = {
 export type BundleLimits = typeof BUNDLE_LIMITS;
 
 export interface ScanHandlers {
-  /** A top-level member other than `receipts`, as raw JSON bytes. */
+  /** A top-level member other than `receipts`, as raw JSON bytes; without it, values are not copied out. */
   member?(key: string, value: Buffer): void;
   /** One element of `receipts`, as raw JSON bytes; may apply backpressure. */
   receipt?(value: Buffer, index: number): void | Promise<void>;
@@ -105,7 +105,10 @@ export async function scanBundle(
             `${what} exceeds ${captureLimit} bytes (ends after byte ${offset + end})`,
           );
         }
-        if (state === State.ReceiptElement ? handlers.wantReceipts : true) capture.push(Buffer.from(part));
+        // Values no handler will see are delimited and counted against their limit, but not copied.
+        if (state === State.ReceiptElement ? handlers.wantReceipts : handlers.member !== undefined) {
+          capture.push(Buffer.from(part));
+        }
         captureStart = -1;
       };
       while (i < bytesRead) {

@@ -161,23 +161,16 @@ export interface ReceiptBatch {
   firstIndex: number;
   bytes: Uint8Array;
   ends: number[];
-  keys: [string, string][];
+  /** The bundle's well-formed keys by key ID (a receipt naming any other fails as unknown). */
+  keys: ReadonlyMap<string, Uint8Array>;
 }
 
 export function checkBatch(batch: ReceiptBatch): ReceiptCheck[] {
-  const keys = new Map<string, Uint8Array>();
-  for (const [kid, b64] of batch.keys) {
-    try {
-      keys.set(kid, fromBase64(b64, 32));
-    } catch {
-      // An undecodable key is reported by the keys step; receipts naming it fail as unknown.
-    }
-  }
   const out: ReceiptCheck[] = [];
   let start = 0;
   for (let i = 0; i < batch.ends.length; i++) {
     const end = batch.ends[i]!;
-    out.push(checkReceipt(batch.bytes.subarray(start, end), batch.firstIndex + i, keys));
+    out.push(checkReceipt(batch.bytes.subarray(start, end), batch.firstIndex + i, batch.keys));
     start = end;
   }
   return out;

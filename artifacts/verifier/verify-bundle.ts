@@ -12,8 +12,7 @@
 import { availableParallelism } from "node:os";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { parseCheckpoint } from "../checkpoint.js";
-import { fromBase64 } from "../encoding.js";
-import { CmcpError, isCmcpError } from "../errors.js";
+import { bytesEqual, fromBase64, toBase64, toHex } from "../encoding.js";
 import { BUNDLE_FORMAT, BUNDLE_HEADER_FIELDS, type BundleHeader } from "../evidence-bundle.js";
 import { keyId } from "../keys.js";
 import { MerkleAccumulator, verifyConsistency, verifyInclusion } from "../merkle.js";
@@ -116,7 +115,7 @@ const ajv = new Ajv2020({ strict: true, strictRequired: false, strictTypes: fals
 const validateHeader = ajv.compile<BundleHeader>(bundleSchema);
 
 function describe(err: unknown): string {
-  return isCmcpError(err) ? err.message : err instanceof Error ? err.message : String(err);
+  return err instanceof Error ? err.message : String(err);
 }
 
 function recordName(kind: string, index: number, seq?: number): string {
@@ -143,7 +142,7 @@ export async function verifyBundleFile(
         // One value budget across all header members bounds the heap, not just each member's bytes.
         const parsed = parseJsonCounted(value, {
           maxBytes: BUNDLE_LIMITS.maxMemberBytes,
-          maxDepth: 64,
+          maxDepth: BUNDLE_LIMITS.maxDepth,
           maxValues: HEADER_MAX_VALUES - headerValues,
         });
         headerValues += parsed.values;
@@ -188,11 +187,17 @@ export async function verifyBundleFile(
       step("keys").fail(`key #${index}: ${describe(err)}`, { kind: "key", index });
     }
   });
-  const trusted = resolveTrusted(options.trustedKeys ?? [], step("keys"));
+  const trusted = resolveKeys(options.trustedKeys ?? [], true, (t) =>
+    step("keys").fail(
+      `--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`,
+    ),
+  );
 
   // Sealed policy artifacts: each must carry a valid issuer signature; which epochs name them is checked below.
   const artifactStep = step("artifact");
-  const trustedIssuers = resolveIssuers(options.issuerKeys ?? [], artifactStep);
+  const trustedIssuers = resolveKeys(options.issuerKeys ?? [], false, (t) =>
+    artifactStep.fail(`--issuer-key ${t.slice(0, 20)}: not a key ID (64 hex) or a base64 Ed25519 public key`),
+  );
   const artifacts = new Map<string, PolicyArtifact>();
   h.policy_artifacts.forEach((value, index) => {
     const r = checkBundledArtifact(value);
@@ -244,15 +249,16 @@ export async function verifyBundleFile(
   // One running summary per claimed session, snapshotted at each claim's size: linear in receipts + claims.
   const sessionBuilders = new Map(h.claims.map((c) => [c.session_id, new CallSummaryBuilder(c.session_id)]));
   const claimsAtSize = new Map<number, number[]>();
-  h.claims.forEach((c, i) =>
-    claimsAtSize.set(c.checkpoint.size, [...(claimsAtSize.get(c.checkpoint.size) ?? []), i]),
-  );
+  h.claims.forEach((c, i) => {
+    const list = claimsAtSize.get(c.checkpoint.size);
+    if (list) list.push(i);
+    else claimsAtSize.set(c.checkpoint.size, [i]);
+  });
   const summaryOf = new Map<number, CallSummary>();
   // Drift found outside any session (a server identity check) counts in every session's claim.
   let sharedDrift = 0;
-  const nullHashes = { policy: -1, catalog: -1 };
-  const policyHashes = new Set<string>();
-  const catalogHashes = new Set<string>();
+  const policyNamed = new NamedHashes(options.policyHash);
+  const catalogNamed = new NamedHashes(options.catalogHash);
   const introducedAt = new Map<string, number>();
   const providerOf = new Map<string, string>();
 
@@ -366,14 +372,12 @@ export async function verifyBundleFile(
           `${where}: the bundle has no checkpoint note of size ${cd.size} for this checkpoint receipt`,
           rec,
         );
-      else if (Buffer.from(root).toString("hex") !== cd.root_hash)
+      else if (toHex(root) !== cd.root_hash)
         chain.fail(`${where}: checkpoint receipt's root does not match the receipts before it`, rec);
       lastCheckpointData = { size: cd.size, root_hash: cd.root_hash };
     }
-    if (f.policy.bundle_hash) policyHashes.add(f.policy.bundle_hash);
-    else if (f.decision && nullHashes.policy < 0) nullHashes.policy = f.seq;
-    if (f.policy.catalog_hash) catalogHashes.add(f.policy.catalog_hash);
-    else if (f.decision && nullHashes.catalog < 0) nullHashes.catalog = f.seq;
+    policyNamed.add(f.policy.bundle_hash, f.seq, f.decision !== undefined);
+    catalogNamed.add(f.policy.catalog_hash, f.seq, f.decision !== undefined);
     if (f.subject.session !== undefined) sessionBuilders.get(f.subject.session)?.add(f);
     else if (f.type === "drift") sharedDrift++;
     if (wantLeaf.has(f.seq)) leafAt.set(f.seq, f.leafHash);
@@ -490,7 +494,7 @@ export async function verifyBundleFile(
         `checkpoint #${cp.index} (size ${cp.size}): the receipts it covers could not all be checked`,
         { kind: "checkpoint", index: cp.index },
       );
-    else if (!Buffer.from(got).equals(Buffer.from(cp.root)))
+    else if (!bytesEqual(got, cp.root))
       roots.fail(`checkpoint #${cp.index} (size ${cp.size}): root does not match the receipts`, {
         kind: "checkpoint",
         index: cp.index,
@@ -587,34 +591,27 @@ export async function verifyBundleFile(
     {
       flag: "--policy-hash",
       label: "policy bundle",
-      want: options.policyHash,
-      seen: policyHashes,
-      nullAt: nullHashes.policy,
+      seen: policyNamed,
       fromClaim: (c: TraceClaim) => c.policy_bundle.hash,
       fromArtifact: [...artifacts.values()].map((a) => a.policy.bundle_hash),
     },
     {
       flag: "--catalog-hash",
       label: "catalog",
-      want: options.catalogHash,
-      seen: catalogHashes,
-      nullAt: nullHashes.catalog,
+      seen: catalogNamed,
       fromClaim: (c: TraceClaim) => c.tool_catalog.hash,
       fromArtifact: [...artifacts.values()].map((a) => a.catalog_hash),
     },
   ];
   let anyWanted = false;
-  for (const { flag, label, want, seen, nullAt, fromClaim, fromArtifact } of wanted) {
+  for (const { flag, label, seen, fromClaim, fromArtifact } of wanted) {
+    const { want, nullAt } = seen;
     if (want === undefined) continue;
     anyWanted = true;
-    const named = new Set(seen);
-    for (const a of fromArtifact) if (a) named.add(a);
+    // Receipts first, then artifacts, then claims: the first hash named that is not the approved one.
+    const named = [...fromArtifact, ...h.claims.map(fromClaim)].filter((x): x is string => !!x);
     const nullClaim = h.claims.findIndex((c) => fromClaim(c) === null);
-    for (const c of h.claims) {
-      const v = fromClaim(c);
-      if (v) named.add(v);
-    }
-    const other = [...named].find((x) => x !== want);
+    const other = seen.other ?? named.find((x) => x !== want);
     if (other !== undefined)
       approved.fail(`${label} hash ${other} is named in the bundle, not the approved ${want}`);
     else if (nullAt >= 0) {
@@ -628,7 +625,7 @@ export async function verifyBundleFile(
       );
     } else if (nullClaim >= 0) {
       approved.fail(`claim #${nullClaim} names no ${label} hash`, { kind: "claim", index: nullClaim });
-    } else if (named.size === 0)
+    } else if (!seen.any && named.length === 0)
       approved.fail(`no receipt, claim or artifact names a ${label} hash, so ${flag} cannot be confirmed`);
   }
   if (!anyWanted) {
@@ -650,6 +647,25 @@ export async function verifyBundleFile(
     consistency.detail = `${checkpoints.length - 1} consistency proof(s) verified`;
   if (claims.status === "pass") claims.detail = `${h.claims.length} claim(s) signed and matching the chain`;
   return finish(steps, counts, false, anchored);
+}
+
+/** What the receipts name for one hash an auditor may approve, in constant memory however many receipts. */
+class NamedHashes {
+  /** Some receipt names a hash. */
+  any = false;
+  /** The first hash a receipt names that is not `want`. */
+  other: string | undefined;
+  /** Seq of the first decision receipt that names no hash, or -1. */
+  nullAt = -1;
+
+  constructor(readonly want: string | undefined) {}
+
+  add(hash: string | null, seq: number, isDecision: boolean): void {
+    if (hash) {
+      this.any = true;
+      if (this.other === undefined && hash !== this.want) this.other = hash;
+    } else if (isDecision && this.nullAt < 0) this.nullAt = seq;
+  }
 }
 
 interface Cp {
@@ -694,7 +710,7 @@ function checkClaim(
   const rec = { kind: "claim" as const, index };
   const where = `claim #${index} (session ${c.session_id})`;
   const pub = keys.get(c.signing_key.kid);
-  if (!pub || Buffer.from(pub).toString("base64") !== c.signing_key.public_key) {
+  if (!pub || toBase64(pub) !== c.signing_key.public_key) {
     return step.fail(`${where}: signing key ${c.signing_key.kid} is not a bundle key`, rec);
   }
   if (kidAt.get(c.checkpoint.size) !== c.signing_key.kid) {
@@ -704,18 +720,14 @@ function checkClaim(
   if (c.attestation_report.report_data !== reportDataForKey(pub))
     return step.fail(`${where}: report_data does not bind the signing key`, rec);
   const cp = cpBySize.get(c.checkpoint.size);
-  if (
-    !cp ||
-    c.checkpoint.origin !== h.origin ||
-    Buffer.from(cp.root).toString("hex") !== c.checkpoint.root_hash
-  ) {
+  if (!cp || c.checkpoint.origin !== h.origin || toHex(cp.root) !== c.checkpoint.root_hash) {
     return step.fail(
       `${where}: its checkpoint (size ${c.checkpoint.size}) is not a verified checkpoint of this bundle`,
       rec,
     );
   }
   const root = rootAt.get(c.checkpoint.size);
-  if (!root || Buffer.from(root).toString("hex") !== c.audit_chain_root)
+  if (!root || toHex(root) !== c.audit_chain_root)
     return step.fail(`${where}: audit_chain_root does not match the receipts`, rec);
   if (tipAt.get(c.checkpoint.size) !== c.audit_chain_tip)
     return step.fail(`${where}: audit_chain_tip is not the last receipt its checkpoint covers`, rec);
@@ -725,16 +737,16 @@ function checkClaim(
     s.tool_calls_total !== cs.tool_calls_total ||
     s.allowed !== cs.allowed ||
     s.denied !== cs.denied ||
+    s.drift_events !== cs.drift_events ||
     s.tools_invoked.join("\u0000") !== cs.tools_invoked.join("\u0000")
   ) {
     return step.fail(
-      `${where}: call_summary (${cs.tool_calls_total} calls, ${cs.allowed} allowed, ${cs.denied} denied) does not match the receipts (${s.tool_calls_total}, ${s.allowed}, ${s.denied})`,
+      `${where}: call_summary (${cs.tool_calls_total} calls, ${cs.allowed} allowed, ${cs.denied} denied, ${cs.drift_events} drift) does not match the receipts (${s.tool_calls_total}, ${s.allowed}, ${s.denied}, ${s.drift_events})`,
       rec,
     );
   }
 }
 
-/** Accepts a key ID (64 hex), a raw public key (base64) or a signed-note verifier key. */
 /** An artifact from the bundle, checked against the issuer key it carries (anchoring comes later). */
 function checkBundledArtifact(
   value: unknown,
@@ -756,18 +768,28 @@ function checkBundledArtifact(
   return r.ok ? r : { ok: false, message: `${r.check}: ${r.message}` };
 }
 
-function resolveIssuers(inputs: string[], step: Step): Set<string> {
+/**
+ * Key IDs of the keys an auditor passed: each a key ID (64 hex), a raw public
+ * key (base64) or, with `verifierKeys`, a signed-note verifier key.
+ */
+function resolveKeys(inputs: string[], verifierKeys: boolean, onBad: (text: string) => void): Set<string> {
   const out = new Set<string>();
   for (const raw of inputs) {
     const t = raw.trim();
-    if (/^[0-9a-f]{64}$/.test(t)) out.add(t);
-    else {
-      try {
-        out.add(keyId(fromBase64(t, 32)));
-      } catch {
-        step.fail(`--issuer-key ${t.slice(0, 20)}: not a key ID (64 hex) or a base64 Ed25519 public key`);
-      }
+    if (/^[0-9a-f]{64}$/.test(t)) {
+      out.add(t);
+      continue;
     }
+    // A raw base64 key may itself contain '+', so try it first; a verifier key must parse in full.
+    let pub: Uint8Array | undefined;
+    try {
+      pub = fromBase64(t, 32);
+    } catch {
+      const vkey = verifierKeys ? parseVerifierKey(t) : undefined;
+      if (vkey?.ok) pub = vkey.publicKey;
+    }
+    if (pub) out.add(keyId(pub));
+    else onBad(t);
   }
   return out;
 }
@@ -837,31 +859,6 @@ function finishArtifactStep(
     step.detail = `${base}; sealed by trusted issuer(s) ${issuers.map((k) => k.slice(0, 16)).join(", ")}`;
 }
 
-function resolveTrusted(inputs: string[], step: Step): Set<string> {
-  const out = new Set<string>();
-  for (const raw of inputs) {
-    const t = raw.trim();
-    if (/^[0-9a-f]{64}$/.test(t)) {
-      out.add(t);
-      continue;
-    }
-    // A raw base64 key may itself contain '+', so try it first; a verifier key must parse in full.
-    let pub: Uint8Array | undefined;
-    try {
-      pub = fromBase64(t, 32);
-    } catch {
-      const vkey = parseVerifierKey(t);
-      if (vkey.ok) pub = vkey.publicKey;
-    }
-    if (pub) out.add(keyId(pub));
-    else
-      step.fail(
-        `--key "${t.slice(0, 80)}" is neither a key ID, a base64 Ed25519 public key, nor a verifier key`,
-      );
-  }
-  return out;
-}
-
 /**
  * Pass 2: streams the receipts in order to `consume`, checking them in this
  * thread until `parallelThreshold` have been seen and on a worker pool after
@@ -870,14 +867,10 @@ function resolveTrusted(inputs: string[], step: Step): Set<string> {
 async function streamReceipts(
   path: string | Uint8Array,
   headerMembers: ReadonlyMap<string, unknown>,
-  keys: Map<string, Uint8Array>,
+  keys: ReadonlyMap<string, Uint8Array>,
   options: VerifyOptions,
   consume: (c: ReceiptCheck) => void,
 ): Promise<number> {
-  const keyList: [string, string][] = [...keys.entries()].map(([k, v]) => [
-    k,
-    Buffer.from(v).toString("base64"),
-  ]);
   const workers = options.workers ?? availableParallelism();
   const threshold = options.parallelThreshold ?? 4096;
   const batchSize = options.batchSize ?? 512;
@@ -899,7 +892,7 @@ async function streamReceipts(
       bytes.set(p, at);
       at += p.length;
     }
-    const batch: ReceiptBatch = { firstIndex, bytes, ends, keys: keyList };
+    const batch: ReceiptBatch = { firstIndex, bytes, ends, keys };
     firstIndex += ends.length;
     parts = [];
     ends = [];
@@ -913,14 +906,8 @@ async function streamReceipts(
   try {
     const scan = await scanBundle(path, {
       wantReceipts: true,
-      member(key) {
-        if (!headerMembers.has(key)) {
-          throw new CmcpError(
-            "bundle.syntax",
-            `member "${key}" follows "receipts" but was not read with the header`,
-          );
-        }
-      },
+      // Pass 1 may have stopped at "receipts": a member after it must be one that pass 1 read.
+      allowedMembers: new Set([...headerMembers.keys(), "receipts"]),
       async receipt(value) {
         parts.push(value);
         total += value.length;

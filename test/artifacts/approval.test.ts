@@ -30,6 +30,12 @@ describe("approval statements", () => {
       ok: false,
       reason: expect.stringMatching(/expired/),
     });
+    // An expiry the pattern admits but that is no date (month 13) is expired, not "never expires".
+    const undated = signApproval(binding, { ...answer, expires: "2026-13-01T00:00:00Z" }, alice);
+    expect(checkApproval(undated, binding, approvers, now)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/expired/),
+    });
     expect(checkApproval(s, binding, new Map(), now)).toMatchObject({
       ok: false,
       reason: expect.stringMatching(/not a configured approver/),

@@ -32,17 +32,17 @@ export interface MadeBundle {
 const OUTCOMES: DecisionOutcome[] = ["allow", "allow", "deny", "redact", "advisory", "require_approval"];
 const TOOLS = ["echo", "read_file", "search_nodes", "add"];
 
-export async function makeBundle(
-  options: {
-    epochs?: number;
-    receiptsPerEpoch?: number;
-    sessions?: number;
-    checkpointEveryReceipts?: number;
-    claims?: boolean;
-    /** false: epochs run without a sealed artifact; "self": a dev-mode self-sealed one. */
-    artifact?: boolean | "self";
-  } = {},
-): Promise<MadeBundle> {
+export interface MakeBundleOptions {
+  epochs?: number;
+  receiptsPerEpoch?: number;
+  sessions?: number;
+  checkpointEveryReceipts?: number;
+  claims?: boolean;
+  /** false: epochs run without a sealed artifact; "self": a dev-mode self-sealed one. */
+  artifact?: boolean | "self";
+}
+
+export async function makeBundle(options: MakeBundleOptions = {}): Promise<MadeBundle> {
   const epochs = options.epochs ?? 2;
   const perEpoch = options.receiptsPerEpoch ?? 6;
   const sessions = options.sessions ?? 2;
@@ -125,4 +125,17 @@ export async function makeBundle(
     claims,
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };
+}
+
+/** Makes a bundle for `use` alone, and removes it afterwards whatever happens. */
+export async function withBundle<T>(
+  options: MakeBundleOptions,
+  use: (made: MadeBundle) => Promise<T>,
+): Promise<T> {
+  const made = await makeBundle(options);
+  try {
+    return await use(made);
+  } finally {
+    await made.cleanup();
+  }
 }

@@ -3,12 +3,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { toBase64 } from "../../../artifacts/encoding.js";
 import { formatVerifierKey } from "../../../artifacts/signed-note.js";
+import type { TraceClaim } from "../../../artifacts/trace-claim.js";
 import { verifyBundleFile, type VerifyReport } from "../../../artifacts/verifier/verify-bundle.js";
 import {
   CATALOG_HASH,
   makeBundle,
   POLICY_HASH,
   TEST_ORIGIN,
+  withBundle,
   type MadeBundle,
 } from "../../helpers/make-bundle.js";
 
@@ -28,8 +30,8 @@ afterAll(async () => {
   await small?.cleanup();
 });
 
-async function verifyJson(doc: unknown, _name: string, opts = {}): Promise<VerifyReport> {
-  return verifyBundleFile(Buffer.from(JSON.stringify(doc)), { trustedKeys: trusted, workers: 0, ...opts });
+async function verifyJson(doc: unknown): Promise<VerifyReport> {
+  return verifyBundleFile(Buffer.from(JSON.stringify(doc)), { trustedKeys: trusted, workers: 0 });
 }
 
 function firstFailure(r: VerifyReport): string {
@@ -96,12 +98,11 @@ describe("verifyBundleFile on a real chain export", () => {
 
   it("fails when an epoch names an artifact the bundle lacks, or ran without one under --issuer-key", async () => {
     const stripped = { ...smallJson, policy_artifacts: [] };
-    const r = await verifyJson(stripped, "stripped.json");
+    const r = await verifyJson(stripped);
     expect(firstFailure(r)).toBe("artifact");
     expect(r.steps.find((s) => s.id === "artifact")!.detail).toMatch(/does not include/);
 
-    const bare = await makeBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: false });
-    try {
+    await withBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: false }, async (bare) => {
       const keys = bare.signers.map((s) => s.keyId);
       const skipped = await verifyBundleFile(bare.bundlePath, { trustedKeys: keys, workers: 0 });
       expect(skipped.ok).toBe(true);
@@ -115,14 +116,11 @@ describe("verifyBundleFile on a real chain export", () => {
       expect(anchored.steps.find((s) => s.id === "artifact")!.detail).toMatch(
         /without a sealed policy artifact/,
       );
-    } finally {
-      await bare.cleanup();
-    }
+    });
   });
 
   it("reports a self-sealed (dev-mode) artifact as a warning, and as a failure under --issuer-key", async () => {
-    const dev = await makeBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: "self" });
-    try {
+    await withBundle({ epochs: 1, receiptsPerEpoch: 3, artifact: "self" }, async (dev) => {
       const keys = dev.signers.map((s) => s.keyId);
       const r = await verifyBundleFile(dev.bundlePath, { trustedKeys: keys, workers: 0 });
       expect(r.ok).toBe(true);
@@ -136,9 +134,7 @@ describe("verifyBundleFile on a real chain export", () => {
       });
       expect(firstFailure(strict)).toBe("artifact");
       expect(dev.claims[0]!.policy_bundle.self_sealed).toBe(true);
-    } finally {
-      await dev.cleanup();
-    }
+    });
   });
 
   it("accepts trusted keys as key IDs, raw base64 keys or note verifier keys", async () => {
@@ -190,7 +186,7 @@ describe("verifyBundleFile on a real chain export", () => {
 
   it("verifies a bundle whose members come in another order, and rejects members smuggled after receipts", async () => {
     const { receipts, ...header } = smallJson;
-    const reordered = await verifyJson({ receipts, ...header }, "reordered.json");
+    const reordered = await verifyJson({ receipts, ...header });
     expect(reordered.ok).toBe(true);
     const text = JSON.stringify(smallJson).slice(0, -1) + ',"extra":1}';
     const smuggled = await verifyBundleFile(Buffer.from(text), { trustedKeys: trusted, workers: 0 });
@@ -284,7 +280,7 @@ describe("tampering", () => {
       for (const v of variants) {
         if (JSON.stringify(v) === JSON.stringify(value)) continue;
         cases++;
-        const r = await verifyJson(setAt(smallJson, path, v), "tampered.json");
+        const r = await verifyJson(setAt(smallJson, path, v));
         if (r.ok || r.unreadable) misses.push(`${path.join(".")} -> ${JSON.stringify(v).slice(0, 60)}`);
       }
     }
@@ -293,7 +289,7 @@ describe("tampering", () => {
   }, 600_000);
 
   it("a changed format marker makes the input unreadable, not verified", async () => {
-    const r = await verifyJson({ ...smallJson, format: "cmcp.evidence-bundle.v2" }, "format.json");
+    const r = await verifyJson({ ...smallJson, format: "cmcp.evidence-bundle.v2" });
     expect(r.ok).toBe(false);
     expect(r.unreadable).toBe(true);
   });
@@ -302,67 +298,52 @@ describe("tampering", () => {
     const receipts = smallJson.receipts as Json[];
     for (let i = 0; i < receipts.length; i++) {
       const dropped = { ...smallJson, receipts: receipts.filter((_, j) => j !== i) };
-      const r = await verifyJson(dropped, "dropped.json");
+      const r = await verifyJson(dropped);
       expect(r.ok, `drop ${i}`).toBe(false);
       expect(r.unreadable).toBe(false);
     }
     for (let i = 0; i + 1 < receipts.length; i++) {
       const swapped = [...receipts];
       [swapped[i], swapped[i + 1]] = [swapped[i + 1]!, swapped[i]!];
-      const r = await verifyJson({ ...smallJson, receipts: swapped }, "swapped.json");
+      const r = await verifyJson({ ...smallJson, receipts: swapped });
       expect(r.ok, `swap ${i}`).toBe(false);
       expect(firstFailure(r)).toBe("chain");
     }
     const dup = [...receipts.slice(0, 3), receipts[2]!, ...receipts.slice(3)];
-    expect(firstFailure(await verifyJson({ ...smallJson, receipts: dup }, "dup.json"))).toBe("chain");
+    expect(firstFailure(await verifyJson({ ...smallJson, receipts: dup }))).toBe("chain");
   });
 
   it("swapping, dropping or reordering checkpoints fails", async () => {
     const cps = smallJson.checkpoints as string[];
     expect(cps.length).toBeGreaterThanOrEqual(3);
     const reordered = [cps[1]!, cps[0]!, ...cps.slice(2)];
-    expect((await verifyJson({ ...smallJson, checkpoints: reordered }, "cp1.json")).ok).toBe(false);
+    expect((await verifyJson({ ...smallJson, checkpoints: reordered })).ok).toBe(false);
     const dropped = cps.slice(1);
-    expect((await verifyJson({ ...smallJson, checkpoints: dropped }, "cp2.json")).ok).toBe(false);
-    const other = await makeBundle({ epochs: 1, receiptsPerEpoch: 5, checkpointEveryReceipts: 4 });
-    try {
+    expect((await verifyJson({ ...smallJson, checkpoints: dropped })).ok).toBe(false);
+    await withBundle({ epochs: 1, receiptsPerEpoch: 5, checkpointEveryReceipts: 4 }, async (other) => {
       const foreign = JSON.parse(await readFile(other.bundlePath, "utf8")).checkpoints as string[];
       const swapped = [foreign[0]!, ...cps.slice(1)];
-      const r = await verifyJson({ ...smallJson, checkpoints: swapped }, "cp3.json");
+      const r = await verifyJson({ ...smallJson, checkpoints: swapped });
       expect(r.ok).toBe(false);
       // The chain step may fail first (its checkpoint receipt loses its note); the note itself must fail here.
       expect(r.steps.find((s) => s.id === "checkpoints")?.status).toBe("fail");
-    } finally {
-      await other.cleanup();
-    }
+    });
   });
 
   it("a whole bundle re-signed with fresh keys fails anchoring against the original keys", async () => {
-    const forged = await makeBundle({
-      epochs: 2,
-      receiptsPerEpoch: 5,
-      sessions: 2,
-      checkpointEveryReceipts: 4,
-    });
-    try {
+    const options = { epochs: 2, receiptsPerEpoch: 5, sessions: 2, checkpointEveryReceipts: 4 };
+    await withBundle(options, async (forged) => {
       const selfConsistent = await verifyBundleFile(forged.bundlePath, { allowUnanchored: true });
       expect(selfConsistent.ok).toBe(true);
       const r = await verifyBundleFile(forged.bundlePath, { trustedKeys: trusted });
       expect(r.ok).toBe(false);
       expect(firstFailure(r)).toBe("keys");
-    } finally {
-      await forged.cleanup();
-    }
+    });
   });
 
   it("random single-value changes over a large bundle all fail", async () => {
-    const large = await makeBundle({
-      epochs: 3,
-      receiptsPerEpoch: 700,
-      sessions: 5,
-      checkpointEveryReceipts: 250,
-    });
-    try {
+    const options = { epochs: 3, receiptsPerEpoch: 700, sessions: 5, checkpointEveryReceipts: 250 };
+    await withBundle(options, async (large) => {
       const doc = JSON.parse(await readFile(large.bundlePath, "utf8")) as { [k: string]: Json };
       const all = leaves(doc).filter((l) => !UNSIGNED.has(String(l.path[0])));
       const keys = large.signers.map((s) => s.keyId);
@@ -386,9 +367,7 @@ describe("tampering", () => {
         if (r.ok || r.unreadable) misses.push(path.join("."));
       }
       expect(misses).toEqual([]);
-    } finally {
-      await large.cleanup();
-    }
+    });
   });
 });
 
@@ -424,16 +403,15 @@ describe("review findings stay fixed", () => {
         claims: [],
       };
     };
-    const byOldKey = await verifyJson(forge(small.signers[0]!), "forged.json");
+    const byOldKey = await verifyJson(forge(small.signers[0]!));
     expect(byOldKey.ok).toBe(false);
     expect(byOldKey.steps.find((s) => s.id === "checkpoints")?.detail).toMatch(/not signed by epoch key/);
     // The same cut signed by the right epoch's key is a genuine (shorter) log: cutting at a signed checkpoint is allowed.
-    expect((await verifyJson(forge(small.signers[1]!), "cut.json")).ok).toBe(true);
+    expect((await verifyJson(forge(small.signers[1]!))).ok).toBe(true);
   });
 
   it("--policy-hash fails when a decision was made without any policy", async () => {
-    const mixed = await makeBundle({ epochs: 1, receiptsPerEpoch: 3 });
-    try {
+    await withBundle({ epochs: 1, receiptsPerEpoch: 3 }, async (mixed) => {
       const { ReceiptChain } = await import("../../../governor/receipt-chain.js");
       const { generateSigner } = await import("../../../artifacts/keys.js");
       const { exportBundle } = await import("../../../governor/export-bundle.js");
@@ -458,9 +436,24 @@ describe("review findings stay fixed", () => {
       });
       expect(r.ok).toBe(false);
       expect(r.steps.find((s) => s.id === "approved")?.detail).toMatch(/without any policy bundle hash/);
-    } finally {
-      await mixed.cleanup();
-    }
+    });
+  });
+
+  it("a claim whose drift count disagrees with the receipts fails, even when its key signed it", async () => {
+    const { signClaim } = await import("../../../artifacts/trace-claim.js");
+    const claims = smallJson.claims as unknown as TraceClaim[];
+    const { sig: _sig, ...claim } = claims[0]!;
+    const signer = small.signers.find((s) => s.keyId === claim.signing_key.kid)!;
+    const lying = signClaim(
+      {
+        ...claim,
+        call_summary: { ...claim.call_summary, drift_events: claim.call_summary.drift_events + 1 },
+      },
+      signer,
+    );
+    const r = await verifyJson({ ...smallJson, claims: [lying, ...claims.slice(1)] });
+    expect(firstFailure(r)).toBe("claims");
+    expect(r.steps.find((s) => s.id === "claims")?.detail).toMatch(/call_summary .* does not match/);
   });
 
   it("rejects unknown header members before reading them, and bounds the values of known ones", async () => {
