@@ -45,7 +45,7 @@ export class AdminServer {
     server.on("connection", (socket) => admin.#serve(socket));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      // Created under a 0177 umask-equivalent: chmod right after listen, before any client can know the path is ready.
+      // Restricted by the chmod right after listen; until then the umask decides (the runtime is not started yet).
       server.listen(path, () => resolve());
     });
     await chmod(path, 0o600);
@@ -53,29 +53,28 @@ export class AdminServer {
   }
 
   #serve(socket: Socket): void {
-    let buf = "";
-    socket.setEncoding("utf8");
+    let buf = Buffer.alloc(0);
     socket.setTimeout(10_000, () => socket.destroy());
-    const onData = (chunk: string) => {
-      buf += chunk;
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
       if (buf.length > MAX_REQUEST_BYTES) {
         socket.off("data", onData);
         socket.end(`${JSON.stringify({ ok: false, error: "request too large" })}\n`);
         socket.destroySoon();
         return;
       }
-      const nl = buf.indexOf("\n");
+      const nl = buf.indexOf(0x0a);
       if (nl < 0) return;
       socket.off("data", onData);
       // The request is in; an export of a large chain may take longer than the idle limit.
       socket.setTimeout(0);
-      void this.#handle(socket, buf.slice(0, nl));
+      void this.#handle(socket, buf.subarray(0, nl));
     };
     socket.on("data", onData);
     socket.on("error", () => undefined);
   }
 
-  async #handle(socket: Socket, line: string): Promise<void> {
+  async #handle(socket: Socket, line: Uint8Array): Promise<void> {
     const fail = (error: string): void => void socket.end(`${JSON.stringify({ ok: false, error })}\n`);
     let req: AdminRequest;
     try {

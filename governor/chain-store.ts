@@ -590,10 +590,6 @@ export class ChainStore {
     const io = opts.io ?? nodeStoreIo;
     const emit = safeEmitter(opts.onEvent);
     const segDir = join(opts.dir, SEGMENTS_DIR);
-    const paths = (first: number): Pick<Segment, "seg" | "idx"> => ({
-      seg: join(segDir, segmentFileName(first, "seg")),
-      idx: join(segDir, segmentFileName(first, "idx")),
-    });
 
     try {
       await io.mkdir(segDir);
@@ -619,163 +615,68 @@ export class ChainStore {
           throw corrupt(path, 0, "void marker for a segment that is not the last one");
       }
 
-      if (firsts.length === 0) {
-        const segment: Segment = { first: 0, count: 0, size: 0, ...paths(0) };
-        const fh = await io.open(segment.seg, "wx+");
-        let idxFh: StoreHandle | undefined;
-        try {
-          idxFh = await io.open(segment.idx, "w");
-          await io.fsyncDir(segDir);
-          await io.fsyncDir(opts.dir);
-        } catch (err) {
-          await io.close(fh).catch(() => undefined);
-          if (idxFh !== undefined) await io.close(idxFh).catch(() => undefined);
-          throw err;
+      const segments: Segment[] = [];
+      let expected = 0;
+      const continuing = (first: number): Segment => {
+        const segment = segmentAt(segDir, first);
+        if (first !== expected) {
+          const why =
+            expected === 0
+              ? "segments before this one are missing"
+              : `segment starts at seq ${first}, previous one ends before ${expected}`;
+          throw corrupt(segment.seg, 0, why);
         }
+        return segment;
+      };
+      let opened: OpenedTail;
+      if (firsts.length === 0) {
+        const active = await createSegment(io, segDir, 0);
+        await io.fsyncDir(opts.dir).catch(async (err: unknown) => {
+          await closeQuietly(io, active.fh, active.idxFh);
+          throw err;
+        });
+        emit({ type: "segment-created", segment: active.segment.seg, firstSeq: 0 });
         const recovery: StoreRecovery = {
           truncated: false,
-          segment: segment.seg,
+          segment: active.segment.seg,
           validBytes: 0,
           droppedBytes: 0,
           reason: undefined,
         };
-        emit({ type: "segment-created", segment: segment.seg, firstSeq: 0 });
-        emit({ type: "opened", records: 0, segments: 1, recovery });
-        return new ChainStore({
-          dir: opts.dir,
-          segDir,
+        opened = { active, recovery, last: undefined };
+      } else {
+        for (const first of firsts.slice(0, -1)) {
+          const segment = continuing(first);
+          await openSealed(io, segment, verify, emit);
+          segments.push(segment);
+          expected = segment.first + segment.count;
+        }
+        const lastFirst = firsts[firsts.length - 1]!;
+        opened = await openTail(
           io,
-          settings,
-          onEvent: emit,
-          segments: [segment],
-          active: { segment, fh, idxFh, offsets: [] },
-          recovery,
-          last: undefined,
-        });
-      }
-
-      if (firsts[0] !== 0) {
-        throw corrupt(
-          join(segDir, segmentFileName(firsts[0]!, "seg")),
-          0,
-          "segments before this one are missing",
+          segDir,
+          continuing(lastFirst),
+          voids.get(lastFirst),
+          segments.at(-1),
+          emit,
         );
       }
-      const segments: Segment[] = [];
-      let expected = 0;
-      for (let i = 0; i < firsts.length - 1; i++) {
-        const segment: Segment = { first: firsts[i]!, count: 0, size: 0, ...paths(firsts[i]!) };
-        if (segment.first !== expected) {
-          throw corrupt(
-            segment.seg,
-            0,
-            `segment starts at seq ${segment.first}, previous one ends before ${expected}`,
-          );
-        }
-        await openSealed(io, segment, verify, emit);
-        segments.push(segment);
-        expected = segment.first + segment.count;
-      }
 
-      const lastFirst = firsts[firsts.length - 1]!;
-      const segment: Segment = { first: lastFirst, count: 0, size: 0, ...paths(lastFirst) };
-      if (segment.first !== expected) {
-        throw corrupt(
-          segment.seg,
-          0,
-          `segment starts at seq ${segment.first}, previous one ends before ${expected}`,
-        );
-      }
-      const fh = await io.open(segment.seg, "r+");
-      let idxFh: StoreHandle | undefined;
-      try {
-        const fileSize = await io.size(fh);
-        const voidPath = voids.get(segment.first);
-        const marker = voidPath === undefined ? undefined : await readVoidMarker(io, voidPath, segment.first);
-        const offsets: number[] = [];
-        let last: Uint8Array | undefined;
-        let damage: TailDamage | undefined;
-        let damageAt = 0;
-        let validBytes = 0;
-        const scanEnd = marker === undefined ? fileSize : Math.min(fileSize, marker.validBytes);
-        for await (const item of scanRecords(io, fh, 0, scanEnd, segment.first)) {
-          if (item.kind === "damage") {
-            damage = item.reason;
-            damageAt = item.offset;
-            break;
-          }
-          offsets.push(item.offset);
-          validBytes = item.offset + item.size;
-          last = item.payload.slice();
-        }
-        if (marker !== undefined) {
-          // Everything before the marker's boundary was acknowledged: it must all be there, intact.
-          if (damage !== undefined)
-            throw corrupt(segment.seg, damageAt, `${damage} before the acknowledged end`);
-          if (validBytes !== marker.validBytes || segment.first + offsets.length !== marker.nextSeq) {
-            throw corrupt(
-              voidPath!,
-              0,
-              `marker says ${marker.nextSeq - segment.first} records in ${marker.validBytes} bytes, ` +
-                `segment holds ${offsets.length} in ${validBytes}`,
-            );
-          }
-          if (fileSize > validBytes) damage = "rejected-batch";
-        } else if (damage !== undefined) {
-          const later = await findLaterRecord(io, fh, damageAt, fileSize, segment.first + offsets.length);
-          if (later !== undefined) {
-            throw corrupt(
-              segment.seg,
-              damageAt,
-              `${damage}, but a valid record with seq ${later.seq} follows at byte ${later.offset}: ` +
-                "acknowledged records are damaged (not a torn tail); refusing to truncate",
-            );
-          }
-        }
-        const recovery: StoreRecovery = {
-          truncated: damage !== undefined,
-          segment: segment.seg,
-          validBytes,
-          droppedBytes: fileSize - validBytes,
-          reason: damage,
-        };
-        if (damage !== undefined) {
-          // A torn tail is the unacknowledged end of the last batch: cut it so appends continue cleanly.
-          await io.ftruncate(fh, validBytes);
-          await io.fsync(fh);
-          emit({ type: "tail-truncated", recovery });
-        }
-        if (voidPath !== undefined) {
-          // Only once the cut is durable; an append may follow right after open.
-          await io.unlink(voidPath);
-          await io.fsyncDir(segDir);
-        }
-        segment.count = offsets.length;
-        segment.size = validBytes;
-        // The last segment's index is always rewritten: it may be behind or ahead of the data after a crash.
-        idxFh = await io.open(segment.idx, "w");
-        if (offsets.length > 0) await io.write(idxFh, encodeOffsets(offsets), 0);
-        const prev = segments[segments.length - 1];
-        if (last === undefined && prev !== undefined)
-          last = await readSealed(io, prev, prev.first + prev.count - 1);
-        segments.push(segment);
-        emit({ type: "opened", records: segment.first + segment.count, segments: segments.length, recovery });
-        return new ChainStore({
-          dir: opts.dir,
-          segDir,
-          io,
-          settings,
-          onEvent: emit,
-          segments,
-          active: { segment, fh, idxFh, offsets },
-          recovery,
-          last,
-        });
-      } catch (err) {
-        await io.close(fh).catch(() => undefined);
-        if (idxFh !== undefined) await io.close(idxFh).catch(() => undefined);
-        throw err;
-      }
+      const { active, recovery, last } = opened;
+      segments.push(active.segment);
+      const records = active.segment.first + active.segment.count;
+      emit({ type: "opened", records, segments: segments.length, recovery });
+      return new ChainStore({
+        dir: opts.dir,
+        segDir,
+        io,
+        settings,
+        onEvent: emit,
+        segments,
+        active,
+        recovery,
+        last,
+      });
     } catch (err) {
       throw ioError("open", err);
     }
@@ -824,7 +725,9 @@ export class ChainStore {
       const k = seq - segment.first;
       const off = this.active.offsets[k]!;
       const end = this.active.offsets[k + 1] ?? segment.size;
-      const rec = await this.withFile(segment.seg, (h) => readAt(this.io, h, off, end - off));
+      const rec = await withRead(this.io, segment.seg, (h) => readAt(this.io, h, off, end - off)).catch(
+        (err: unknown) => Promise.reject(ioError("read", err)),
+      );
       const checked = checkRecord(rec, seq);
       if (typeof checked === "string") throw corrupt(segment.seg, off, checked);
       return checked.slice();
@@ -966,28 +869,10 @@ export class ChainStore {
 
   private async roll(): Promise<void> {
     const old = this.active;
-    const first = old.segment.first + old.segment.count;
-    const segment: Segment = {
-      first,
-      count: 0,
-      size: 0,
-      seg: join(this.segDir, segmentFileName(first, "seg")),
-      idx: join(this.segDir, segmentFileName(first, "idx")),
-    };
-    const fh = await this.io.open(segment.seg, "wx+");
-    let idxFh: StoreHandle | undefined;
-    try {
-      idxFh = await this.io.open(segment.idx, "w");
-      // The new file's directory entry must be durable before records in it are acknowledged.
-      await this.io.fsyncDir(this.segDir);
-    } catch (err) {
-      await this.io.close(fh).catch(() => undefined);
-      if (idxFh !== undefined) await this.io.close(idxFh).catch(() => undefined);
-      throw err;
-    }
+    this.active = await createSegment(this.io, this.segDir, old.segment.first + old.segment.count);
+    const { segment } = this.active;
     this.segments.push(segment);
-    this.active = { segment, fh, idxFh, offsets: [] };
-    this.emit({ type: "segment-created", segment: segment.seg, firstSeq: first });
+    this.onEvent({ type: "segment-created", segment: segment.seg, firstSeq: segment.first });
     await Promise.all([this.io.close(old.fh), this.io.close(old.idxFh)]);
   }
 
@@ -1030,7 +915,7 @@ export class ChainStore {
     this._nextSeq = this._durable;
     this.lastQueued = this.lastDurable;
     for (const p of rejected) p.reject(this.failedError());
-    this.emit({ type: "failed", error });
+    this.onEvent({ type: "failed", error });
   }
 
   private failedError(): CmcpError {
@@ -1040,10 +925,6 @@ export class ChainStore {
       { code: errCode(this._failure) },
       { cause: this._failure },
     );
-  }
-
-  private emit(e: StoreEvent): void {
-    this.onEvent(e);
   }
 
   private checkRange(seq: number, max: number): void {
@@ -1082,24 +963,10 @@ export class ChainStore {
   private heal(segment: Segment, reason: string): Promise<void> {
     let p = this.healing.get(segment);
     if (p === undefined) {
-      p = rebuildIndex(this.io, segment, reason, (e) => this.emit(e)).finally(() =>
-        this.healing.delete(segment),
-      );
+      p = rebuildIndex(this.io, segment, reason, this.onEvent).finally(() => this.healing.delete(segment));
       this.healing.set(segment, p);
     }
     return p;
-  }
-
-  private async withFile<T>(path: string, fn: (h: StoreHandle) => Promise<T>): Promise<T> {
-    let h: StoreHandle | undefined;
-    try {
-      h = await this.io.open(path, "r");
-      return await fn(h);
-    } catch (err) {
-      throw ioError("read", err);
-    } finally {
-      if (h !== undefined) await this.io.close(h).catch(() => undefined);
-    }
   }
 }
 
@@ -1131,6 +998,132 @@ async function withRead<T>(io: StoreIo, path: string, fn: (h: StoreHandle) => Pr
     return await fn(h);
   } finally {
     await io.close(h).catch(() => undefined);
+  }
+}
+
+async function closeQuietly(io: StoreIo, ...handles: Array<StoreHandle | undefined>): Promise<void> {
+  for (const h of handles) if (h !== undefined) await io.close(h).catch(() => undefined);
+}
+
+function segmentAt(segDir: string, first: number): Segment {
+  return {
+    first,
+    count: 0,
+    size: 0,
+    seg: join(segDir, segmentFileName(first, "seg")),
+    idx: join(segDir, segmentFileName(first, "idx")),
+  };
+}
+
+/** Creates the files of a new, empty segment. */
+async function createSegment(io: StoreIo, segDir: string, first: number): Promise<Active> {
+  const segment = segmentAt(segDir, first);
+  const fh = await io.open(segment.seg, "wx+");
+  let idxFh: StoreHandle | undefined;
+  try {
+    idxFh = await io.open(segment.idx, "w");
+    // The new file's directory entry must be durable before records in it are acknowledged.
+    await io.fsyncDir(segDir);
+    return { segment, fh, idxFh, offsets: [] };
+  } catch (err) {
+    await closeQuietly(io, fh, idxFh);
+    throw err;
+  }
+}
+
+interface OpenedTail {
+  active: Active;
+  recovery: StoreRecovery;
+  /** The last durable entry, in this segment or, when it is empty, in `prev`. */
+  last: Uint8Array | undefined;
+}
+
+/**
+ * Opens the last segment for appending: scans it, cuts a torn tail or the
+ * bytes a .void marker disowns (refusing damage that is not a torn tail), and
+ * rewrites its index.
+ */
+async function openTail(
+  io: StoreIo,
+  segDir: string,
+  segment: Segment,
+  voidPath: string | undefined,
+  prev: Segment | undefined,
+  emit: Emit,
+): Promise<OpenedTail> {
+  const fh = await io.open(segment.seg, "r+");
+  let idxFh: StoreHandle | undefined;
+  try {
+    const fileSize = await io.size(fh);
+    const marker = voidPath === undefined ? undefined : await readVoidMarker(io, voidPath, segment.first);
+    const offsets: number[] = [];
+    let last: Uint8Array | undefined;
+    let damage: TailDamage | undefined;
+    let damageAt = 0;
+    let validBytes = 0;
+    const scanEnd = marker === undefined ? fileSize : Math.min(fileSize, marker.validBytes);
+    for await (const item of scanRecords(io, fh, 0, scanEnd, segment.first)) {
+      if (item.kind === "damage") {
+        damage = item.reason;
+        damageAt = item.offset;
+        break;
+      }
+      offsets.push(item.offset);
+      validBytes = item.offset + item.size;
+      last = item.payload.slice();
+    }
+    if (marker !== undefined) {
+      // Everything before the marker's boundary was acknowledged: it must all be there, intact.
+      if (damage !== undefined) throw corrupt(segment.seg, damageAt, `${damage} before the acknowledged end`);
+      if (validBytes !== marker.validBytes || segment.first + offsets.length !== marker.nextSeq) {
+        throw corrupt(
+          voidPath!,
+          0,
+          `marker says ${marker.nextSeq - segment.first} records in ${marker.validBytes} bytes, ` +
+            `segment holds ${offsets.length} in ${validBytes}`,
+        );
+      }
+      if (fileSize > validBytes) damage = "rejected-batch";
+    } else if (damage !== undefined) {
+      const later = await findLaterRecord(io, fh, damageAt, fileSize, segment.first + offsets.length);
+      if (later !== undefined) {
+        throw corrupt(
+          segment.seg,
+          damageAt,
+          `${damage}, but a valid record with seq ${later.seq} follows at byte ${later.offset}: ` +
+            "acknowledged records are damaged (not a torn tail); refusing to truncate",
+        );
+      }
+    }
+    const recovery: StoreRecovery = {
+      truncated: damage !== undefined,
+      segment: segment.seg,
+      validBytes,
+      droppedBytes: fileSize - validBytes,
+      reason: damage,
+    };
+    if (damage !== undefined) {
+      // A torn tail is the unacknowledged end of the last batch: cut it so appends continue cleanly.
+      await io.ftruncate(fh, validBytes);
+      await io.fsync(fh);
+      emit({ type: "tail-truncated", recovery });
+    }
+    if (voidPath !== undefined) {
+      // Only once the cut is durable; an append may follow right after open.
+      await io.unlink(voidPath);
+      await io.fsyncDir(segDir);
+    }
+    segment.count = offsets.length;
+    segment.size = validBytes;
+    // The last segment's index is always rewritten: it may be behind or ahead of the data after a crash.
+    idxFh = await io.open(segment.idx, "w");
+    if (offsets.length > 0) await io.write(idxFh, encodeOffsets(offsets), 0);
+    if (last === undefined && prev !== undefined)
+      last = await readSealed(io, prev, prev.first + prev.count - 1);
+    return { active: { segment, fh, idxFh, offsets }, recovery, last };
+  } catch (err) {
+    await closeQuietly(io, fh, idxFh);
+    throw err;
   }
 }
 

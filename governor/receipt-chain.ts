@@ -104,7 +104,7 @@ const CHECKPOINT_DIR = "checkpoints";
 const CLAIM_DIR = "claims";
 const LOG_INFO = "log.json";
 
-export function checkpointFileName(size: number): string {
+function checkpointFileName(size: number): string {
   return `${String(size).padStart(20, "0")}.note`;
 }
 
@@ -174,21 +174,11 @@ export class ReceiptChain {
     await mkdir(join(options.dataDir, CHECKPOINT_DIR), { recursive: true, mode: 0o700 });
     await mkdir(join(options.dataDir, CLAIM_DIR), { recursive: true, mode: 0o700 });
     const unlock = await acquireDataDirLock(options.dataDir);
+    let store: ChainStore | undefined;
     try {
       await bindOrigin(options.dataDir, options.origin);
-    } catch (err) {
-      await unlock();
-      throw err;
-    }
-    let store: ChainStore;
-    try {
       store = await ChainStore.open({ ...options.store, dir: join(options.dataDir, "chain") });
-    } catch (err) {
-      await unlock();
-      throw err;
-    }
-    if (store.recovery.truncated) options.onEvent?.({ kind: "recovered", detail: store.recovery });
-    try {
+      if (store.recovery.truncated) options.onEvent?.({ kind: "recovered", detail: store.recovery });
       const lastCheckpoint = await newestCheckpoint(options.dataDir);
       // A signed note proves its receipts were durable: if the store lost any, refuse rather than fork.
       if (lastCheckpoint && lastCheckpoint.size > store.durableSize) {
@@ -214,7 +204,7 @@ export class ReceiptChain {
       }
       return chain;
     } catch (err) {
-      await store.close().catch(() => undefined);
+      await store?.close().catch(() => undefined);
       await unlock();
       throw err;
     }
@@ -428,10 +418,10 @@ export class ReceiptChain {
     const cp = await this.checkpoint();
     if (!cp) throw new CmcpError("chain.empty", "nothing to claim: the chain is empty");
     const builder = new CallSummaryBuilder(sessionId);
-    let tip = "";
+    let last: Uint8Array = new Uint8Array(0);
     for await (const { entry } of this.#store.entries(0, cp.size)) {
       builder.add(parseJson(entry) as Receipt);
-      tip = sha256Hex(entry);
+      last = entry;
     }
     const claim = signClaim(
       {
@@ -454,7 +444,7 @@ export class ReceiptChain {
         tool_catalog: { hash: this.policy.catalog_hash },
         call_summary: builder.summary(),
         audit_chain_root: cp.rootHash,
-        audit_chain_tip: tip,
+        audit_chain_tip: sha256Hex(last),
         checkpoint: { origin: this.origin, size: cp.size, root_hash: cp.rootHash },
       },
       this.signer,
@@ -478,8 +468,11 @@ export class ReceiptChain {
         if (!this.#failure) await this.checkpoint();
       } finally {
         this.#closed = true;
-        await this.#store.close();
-        await this.#unlock();
+        try {
+          await this.#store.close();
+        } finally {
+          await this.#unlock();
+        }
       }
       if (this.#failure) throw this.#failure;
     })();

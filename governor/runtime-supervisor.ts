@@ -40,16 +40,9 @@ export function runtimeEntryFile(): string {
 
 /** Node arguments that start the runtime, from sources (tests) or from the build. */
 export function runtimeCommand(): string[] {
-  const here = import.meta.url;
-  if (here.endsWith(".ts")) {
-    // Absolute loader URL: the runtime's cwd is its state directory, where `tsx` would not resolve.
-    return [
-      "--import",
-      import.meta.resolve("tsx"),
-      fileURLToPath(new URL("../runtime/runtime-main.ts", here)),
-    ];
-  }
-  return [fileURLToPath(new URL("../runtime/runtime-main.js", here))];
+  const entry = runtimeEntryFile();
+  // Absolute loader URL: the runtime's cwd is its state directory, where `tsx` would not resolve.
+  return entry.endsWith(".ts") ? ["--import", import.meta.resolve("tsx"), entry] : [entry];
 }
 
 /** Only what a Node process needs; nothing of the governor's environment leaks through. */

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { isCmcpError } from "../../artifacts/errors.js";
 import { ChainStore, RECORD_HEADER_BYTES, nodeStoreIo, segmentFileName } from "../../governor/chain-store.js";
 import { fsyncDir, writeFileDurable } from "../../governor/durable-file.js";
-import type { StoreEvent, StoreHandle, StoreIo } from "../../governor/chain-store.js";
+import type { StoreEvent, StoreHandle, StoreIo, StoreRecovery } from "../../governor/chain-store.js";
 
 let dir: string;
 beforeEach(async () => {
@@ -412,6 +412,16 @@ describe("chain store failure", () => {
     return entries;
   }
 
+  /** Reopens the store: exactly `entries` are there, and appends continue after them. */
+  async function expectReopensWith(entries: Uint8Array[], recovery: Partial<StoreRecovery>): Promise<void> {
+    const again = await ChainStore.open({ dir });
+    expect(again.recovery).toMatchObject(recovery);
+    expect(again.durableSize).toBe(entries.length);
+    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
+    expect(await again.append(entry(entries.length))).toBe(entries.length);
+    await again.close();
+  }
+
   it("fails on ENOSPC during a write, rejects later appends, and loses nothing acknowledged", async () => {
     const log: IoEvent[] = [];
     let inject = false;
@@ -452,12 +462,7 @@ describe("chain store failure", () => {
     // The failure path cut the half-written batch off again, so there is nothing to recover.
     const ackedBytes = entries.reduce((n, e) => n + RECORD_HEADER_BYTES + e.length, 0);
     expect((await stat(segPath(0))).size).toBe(ackedBytes);
-    const again = await ChainStore.open({ dir });
-    expect(again.recovery).toMatchObject({ truncated: false, validBytes: ackedBytes, droppedBytes: 0 });
-    expect(again.durableSize).toBe(5);
-    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
-    expect(await again.append(entry(5))).toBe(5);
-    await again.close();
+    await expectReopensWith(entries, { truncated: false, validBytes: ackedBytes, droppedBytes: 0 });
   });
 
   it("fails on EIO from fsync; acknowledged entries survive and the rejected ones are cut off", async () => {
@@ -490,13 +495,7 @@ describe("chain store failure", () => {
     expect((await stat(segPath(0))).size).toBe(ackedBytes);
     await expectCode(store.append(entry(9)), "store.failed");
     await store.close();
-
-    const again = await ChainStore.open({ dir });
-    expect(again.recovery).toMatchObject({ truncated: false, validBytes: ackedBytes });
-    expect(again.durableSize).toBe(5);
-    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
-    expect(await again.append(entry(5))).toBe(5);
-    await again.close();
+    await expectReopensWith(entries, { truncated: false, validBytes: ackedBytes });
   });
 
   it("cuts off a batch whose index write failed after its records were written", async () => {
@@ -511,12 +510,7 @@ describe("chain store failure", () => {
     inject = true;
     await expectCode(store.append(entry(50)), "store.failed");
     await store.close();
-
-    const again = await ChainStore.open({ dir });
-    expect(again.recovery.truncated).toBe(false);
-    expect(again.durableSize).toBe(4);
-    expect(await collect(again)).toEqual(entries.map((e, i) => [i, e]));
-    await again.close();
+    await expectReopensWith(entries, { truncated: false });
   });
 
   describe("when the cut itself fails", () => {
