@@ -114,11 +114,13 @@ export async function runPolicyTest(dir: string, opts: PolicyCliOptions): Promis
   } catch (err) {
     return refuse(err, opts.json);
   }
+  // A bundle without test cases proves nothing: that is a failure, not a pass.
+  const ok = report.failed === 0 && report.results.length > 0;
   if (opts.json) {
     out(
       JSON.stringify(
         {
-          ok: report.failed === 0 && report.results.length > 0,
+          ok,
           bundle_hash: report.bundleHash,
           passed: report.passed,
           failed: report.failed,
@@ -148,9 +150,8 @@ export async function runPolicyTest(dir: string, opts: PolicyCliOptions): Promis
     }
     if (report.results.length === 0) out("no test cases found (tests/*.json in the bundle)");
     out(
-      `\n${report.failed === 0 && report.results.length > 0 ? "PASSED" : "FAILED"}: ${report.passed} passed, ${report.failed} failed (bundle sha256:${report.bundleHash})`,
+      `\n${ok ? "PASSED" : "FAILED"}: ${report.passed} passed, ${report.failed} failed (bundle sha256:${report.bundleHash})`,
     );
   }
-  // A bundle without test cases proves nothing: that is a failure, not a pass.
-  return report.failed === 0 && report.results.length > 0 ? EXIT_OK : EXIT_FAILED;
+  return ok ? EXIT_OK : EXIT_FAILED;
 }

@@ -3,12 +3,12 @@
  * notes) validated against the MCP schema before anything evaluates them.
  *
  * Layout and limits (BUNDLE_LIMITS): at most 1,000 files, 1 MiB each and
- * 16 MiB in all, 8 directory levels. Names starting with "." (.git, editor
- * files) are ignored and never loaded or hashed. Symbolic links must resolve
- * to a regular file inside the bundle; a link that escapes it, or points at a
- * directory, refuses the bundle. Policies come only from `*.cedar` files at
- * the top level; a `.cedar` file deeper down refuses the bundle rather than
- * being silently ignored.
+ * 16 MiB in all, 8 directory levels, 10,000 policies. Names starting with
+ * "." (.git, editor files) are ignored and never loaded or hashed. Symbolic
+ * links must resolve to a regular file inside the bundle; a link that
+ * escapes it, or points at a directory, refuses the bundle. Policies come
+ * only from `*.cedar` files at the top level; a `.cedar` file deeper down
+ * refuses the bundle rather than being silently ignored.
  *
  * The bundle hash is SHA-256 over the JCS form of the sorted list of
  * {path, sha256, size} of every file, so it covers exactly the bytes that
@@ -257,8 +257,12 @@ function parseSchema(schema: SchemaSource): SchemaJson<string> {
   return r.json;
 }
 
-/** Splits one file into policies with Cedar's own parser; every policy needs an @id. */
-function splitPolicyFile(file: BundleFile): LoadedPolicy[] {
+/**
+ * Splits one file into policies with Cedar's own parser; every policy needs
+ * an @id. Yields them one by one, so the caller's duplicate-ID and policy
+ * count checks stop a file before the rest of it is converted.
+ */
+function* splitPolicyFile(file: BundleFile): Generator<LoadedPolicy> {
   const stem = file.path.slice(0, -".cedar".length);
   if (!NAME_PATTERN.test(stem)) {
     throw new CmcpError(
@@ -279,37 +283,36 @@ function splitPolicyFile(file: BundleFile): LoadedPolicy[] {
       `${file.path}: ${parts.errors.map((e) => located(text, e)).join("; ")}`,
     );
   }
+  const lineAt = lineFinder(text);
   if (parts.policy_templates.length > 0) {
-    const line = lineOf(text, text.indexOf(parts.policy_templates[0]!));
+    const line = lineAt(text.indexOf(parts.policy_templates[0]!));
     throw new CmcpError(
       "policy.parse",
       `${file.path}:${line}: policy templates (?principal / ?resource slots) are not supported in bundles`,
     );
   }
-  const out: LoadedPolicy[] = [];
-  const used = new Set<number>();
+  // Where to look for each text next: identical texts (a duplicate ID) take successive occurrences.
+  const searchFrom = new Map<string, number>();
   for (const policyText of parts.policies) {
     // The parts are verbatim slices of the file (in Cedar's ID order, not file order): find each for its line.
-    let at = text.indexOf(policyText);
-    while (at >= 0 && used.has(at)) at = text.indexOf(policyText, at + 1);
-    used.add(at);
-    const line = at < 0 ? 0 : lineOf(text, at);
+    const at = text.indexOf(policyText, searchFrom.get(policyText) ?? 0);
+    searchFrom.set(policyText, at + 1);
+    const line = at < 0 ? 0 : lineAt(at);
     const where = line > 0 ? `${file.path}:${line}` : file.path;
     const j = cedar.policyToJson(policyText);
     if (j.type === "failure") {
       throw new CmcpError("policy.parse", `${where}: ${j.errors.map((e) => e.message).join("; ")}`);
     }
     const meta = parseAnnotations(j.json.annotations ?? {}, j.json.effect, where);
-    out.push({
+    yield {
       ...meta,
       id: `${stem}/${meta.localId}`,
       file: file.path,
       line,
       text: policyText,
       json: j.json,
-    });
+    };
   }
-  return out;
 }
 
 function validatePolicies(schema: SchemaSource, policies: Map<string, LoadedPolicy>): string[] {
@@ -347,16 +350,30 @@ function validatePolicies(schema: SchemaSource, policies: Map<string, LoadedPoli
 /** A Cedar error with its first source location turned into line:column. */
 function located(text: string, e: DetailedError): string {
   const loc = e.sourceLocations?.[0];
-  const pos = loc ? `line ${lineOf(text, byteToIndex(text, loc.start))}: ` : "";
+  const pos = loc ? `line ${lineFinder(text)(byteToIndex(text, loc.start))}: ` : "";
   const help = e.help ? ` (${e.help})` : "";
   const label = loc?.label ? `: ${loc.label}` : "";
   return `${pos}${e.message}${label}${help}`;
 }
 
-function lineOf(text: string, index: number): number {
-  let line = 1;
-  for (let i = 0; i < index && i < text.length; i++) if (text.charCodeAt(i) === 10) line++;
-  return line;
+/**
+ * The 1-based line of a UTF-16 index in `text`. One pass finds the line
+ * breaks; each lookup is a binary search, so a file's policies cost
+ * O(size + policies x log lines), not O(size x policies).
+ */
+function lineFinder(text: string): (index: number) => number {
+  const breaks: number[] = [];
+  for (let i = text.indexOf("\n"); i >= 0; i = text.indexOf("\n", i + 1)) breaks.push(i);
+  return (index) => {
+    let lo = 0;
+    let hi = breaks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (breaks[mid]! < index) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo + 1;
+  };
 }
 
 /** Cedar reports UTF-8 byte offsets; the text is UTF-16. */

@@ -165,8 +165,11 @@ const T = {
   action: `${CEDAR_NAMESPACE}::Action`,
 } as const;
 
-// Cedar's datetime() accepts these shapes (and nothing with more than millisecond precision).
-const DATETIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{3})?(Z|[+-]\d{4}))?$/;
+type TargetKind = "tool" | "resource" | "prompt";
+const TARGET_TYPES: Record<TargetKind, string> = { tool: T.tool, resource: T.resource, prompt: T.prompt };
+
+// The shapes Cedar's datetime() accepts (nothing finer than milliseconds); isCedarDatetime checks the values.
+const DATETIME = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2})(?:\.\d{3})?(?:Z|[+-](\d{2})(\d{2})))?$/;
 
 interface Built {
   action: string;
@@ -174,7 +177,7 @@ interface Built {
   principal: EntityUidJson;
   /** The principal with its parents, when it has any. */
   principalEntity: EntityJson | null;
-  resource: EntityUidJson;
+  resource: { type: string; id: string };
   resourceEntity: EntityJson | null;
   /** The whole context; trimmed per slice. */
   context: Context;
@@ -243,8 +246,8 @@ export class CedarEngine implements Decider {
 
   #sliceFor(built: Built): PreparedSlice | undefined {
     if (!this.#index) return this.#all!;
-    const r = built.resource as { type: string; id: string };
-    const slice = this.#index.lookup(built.action, built.server, targetKey(r.type, r.id));
+    const { type, id } = built.resource;
+    const slice = this.#index.lookup(built.action, built.server, targetKey(type, id));
     return slice && this.#prepared.get(slice);
   }
 
@@ -412,55 +415,20 @@ export class CedarEngine implements Decider {
       principalEntity = { uid: agentUid, attrs: {}, parents };
     }
 
+    let resource: Built["resource"];
     let resourceEntity: EntityJson | null = null;
-    const inServer = (type: string, name: string | undefined, max: number): EntityUidJson | string => {
-      if (!isName(name, max))
-        return `${action} needs a ${type.slice(CEDAR_NAMESPACE.length + 2).toLowerCase()} name`;
-      const uid = { type, id: `${server}/${name}` };
-      resourceEntity = { uid, attrs: {}, parents: [{ type: T.server, id: server! }] };
-      return uid;
-    };
-    let r: EntityUidJson | string;
-    switch (action) {
-      case "tools/call":
-        r = inServer(T.tool, req.tool, L.maxName);
-        break;
-      case "resources/read":
-      case "resources/subscribe":
-      case "resources/unsubscribe":
-        r = inServer(T.resource, req.resource, L.maxUri);
-        break;
-      case "prompts/get":
-        r = inServer(T.prompt, req.prompt, L.maxName);
-        break;
-      case "completion/complete":
-        r =
-          req.prompt !== undefined
-            ? inServer(T.prompt, req.prompt, L.maxName)
-            : req.resource !== undefined
-              ? inServer(T.resource, req.resource, L.maxUri)
-              : { type: T.server, id: server! };
-        break;
-      case "approve":
-        r =
-          req.tool !== undefined
-            ? inServer(T.tool, req.tool, L.maxName)
-            : req.resource !== undefined
-              ? inServer(T.resource, req.resource, L.maxUri)
-              : req.prompt !== undefined
-                ? inServer(T.prompt, req.prompt, L.maxName)
-                : { type: T.server, id: server! };
-        break;
-      case "delegate":
-        r = isName(req.delegate_to, L.maxName)
-          ? { type: T.agent, id: req.delegate_to }
-          : "delegate needs delegate_to";
-        break;
-      default:
-        r = { type: T.server, id: server! };
+    const kind = targetKind(action, req);
+    if (action === "delegate") {
+      if (!isName(req.delegate_to, L.maxName)) return "delegate needs delegate_to";
+      resource = { type: T.agent, id: req.delegate_to };
+    } else if (kind === undefined) {
+      resource = { type: T.server, id: server! };
+    } else {
+      const name = req[kind];
+      if (!isName(name, kind === "resource" ? L.maxUri : L.maxName)) return `${action} needs a ${kind} name`;
+      resource = { type: TARGET_TYPES[kind], id: `${server}/${name}` };
+      resourceEntity = { uid: resource, attrs: {}, parents: [{ type: T.server, id: server! }] };
     }
-    if (typeof r === "string") return r;
-    const resource = r;
 
     const c = req.context ?? {};
     const argClasses = c.arg_classes ?? [];
@@ -477,7 +445,9 @@ export class CedarEngine implements Decider {
       return `drift must be one of ${DRIFT_STATES.join(", ")}`;
     const time = c.time ?? this.#now();
     const timeText = typeof time === "string" ? time : isNaN(time.getTime()) ? "" : time.toISOString();
-    if (!DATETIME.test(timeText))
+    // Checked here, not left to Cedar: a slice whose policies never read the time does not pass it.
+    // A valid Date's toISOString() is always a real instant, so only a string needs the calendar check.
+    if (typeof time === "string" ? !isCedarDatetime(time) : !DATETIME.test(timeText))
       return "time must be an RFC 3339 date-time (YYYY-MM-DDThh:mm:ss[.sss](Z|±hhmm))";
 
     return {
@@ -514,8 +484,51 @@ function actionEntities(model: ActionModel): Map<string, EntityJson> {
   return out;
 }
 
+/**
+ * What a request's resource is inside its server: the tool, resource or
+ * prompt it names, or undefined for the server itself.
+ */
+function targetKind(action: string, req: CedarRequest): TargetKind | undefined {
+  switch (action) {
+    case "tools/call":
+      return "tool";
+    case "resources/read":
+    case "resources/subscribe":
+    case "resources/unsubscribe":
+      return "resource";
+    case "prompts/get":
+      return "prompt";
+    // These may name a target: the first one named, else the server.
+    case "completion/complete":
+      return firstNamed(req, ["prompt", "resource"]);
+    case "approve":
+      return firstNamed(req, ["tool", "resource", "prompt"]);
+    default:
+      return undefined;
+  }
+}
+
+function firstNamed(req: CedarRequest, kinds: readonly TargetKind[]): TargetKind | undefined {
+  return kinds.find((k) => req[k] !== undefined);
+}
+
+/**
+ * A date-time Cedar's datetime() accepts: the DATETIME shape with a real
+ * calendar date, a time up to 23:59:59 and an offset up to ±2359 (Cedar
+ * refuses Feb 30, hour 24, second 60 and offset +2400).
+ */
+function isCedarDatetime(text: string): boolean {
+  const m = DATETIME.exec(text);
+  if (!m) return false;
+  const n = (group: number) => Number(m[group] ?? 0);
+  const year = n(1);
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][n(2) - 1] ?? 0;
+  return n(3) >= 1 && n(3) <= days && n(4) < 24 && n(5) < 60 && n(6) < 60 && n(7) < 24 && n(8) < 60;
+}
+
 /** The Cedar action a request is decided as. */
-export function actionFor(req: Pick<CedarRequest, "method" | "action">): string {
+function actionFor(req: Pick<CedarRequest, "method" | "action">): string {
   if (req.action === "delegate" || req.action === "approve") return req.action;
   return MCP_METHOD_ACTIONS.has(req.method) ? req.method : "other";
 }

@@ -22,7 +22,7 @@ import type {
 } from "@cedar-policy/cedar-wasm/nodejs";
 
 export const CEDAR_NAMESPACE = "Cmcp";
-export const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
+const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
 
 /** Entity types whose IDs are `<server>/<name>` (the engine builds them so). */
 const SERVER_SCOPED = new Set([
@@ -69,7 +69,7 @@ function uidOf(e: EntityUidJson): { type: string; id: string } {
 }
 
 /** The concrete actions a policy's action scope can match. */
-export function scopeActions(c: ActionConstraint, model: ActionModel): Set<string> {
+function scopeActions(c: ActionConstraint, model: ActionModel): Set<string> {
   const all = new Set(model.ancestors.keys());
   if (c.op === "All") return all;
   const targets =
@@ -87,7 +87,7 @@ export function scopeActions(c: ActionConstraint, model: ActionModel): Set<strin
 }
 
 /** The server a policy's resource scope confines it to, or null when it may match any server. */
-export function scopeServer(c: ResourceConstraint): string | null {
+function scopeServer(c: ResourceConstraint): string | null {
   if (c.op === "All") return null;
   if (c.op === "is") return c.in && "entity" in c.in ? serverOfUid(c.in.entity) : null;
   return "entity" in c ? serverOfUid(c.entity) : null;
@@ -98,7 +98,7 @@ export function scopeServer(c: ResourceConstraint): string | null {
  * (`==` or `in` such an entity: nothing is a descendant of one), as a slice
  * key, or null.
  */
-export function scopeTarget(c: ResourceConstraint): string | null {
+function scopeTarget(c: ResourceConstraint): string | null {
   if ((c.op !== "==" && c.op !== "in") || !("entity" in c)) return null;
   const { type, id } = uidOf(c.entity);
   return SERVER_SCOPED.has(type) && serverOfUid(c.entity) !== null ? targetKey(type, id) : null;

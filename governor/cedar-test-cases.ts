@@ -4,8 +4,9 @@
  * expected determining policy IDs and redaction targets). They are read from
  * the same bytes the bundle hash covers. Format: policies/README.md.
  *
- * Limits: each file is already capped by the bundle limits (1 MiB); at most
- * 10,000 cases per file, JSON nesting 16 deep.
+ * Limits: each file is already capped by the bundle limits (1 MiB); the
+ * parser allows JSON nesting 16 deep and 10,000 members per array or object
+ * (so at most 10,000 cases per file), and the schema below caps each field.
  */
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
@@ -44,6 +45,7 @@ export interface PolicyTestReport {
   results: PolicyTestResult[];
 }
 
+const MAX_CASES = 10_000;
 const str = { type: "string", minLength: 1, maxLength: 4096 };
 const strings = { type: "array", maxItems: 64, items: str };
 const requestSchema = {
@@ -83,7 +85,7 @@ const validateFile = new Ajv2020({ strict: true, allErrors: false }).compile({
     defaults: requestSchema,
     cases: {
       type: "array",
-      maxItems: 10_000,
+      maxItems: MAX_CASES,
       items: {
         type: "object",
         additionalProperties: false,
@@ -111,7 +113,7 @@ interface TestFile {
   }[];
 }
 
-export function isTestFile(path: string): boolean {
+function isTestFile(path: string): boolean {
   return path.startsWith("tests/") && path.endsWith(".json");
 }
 
@@ -122,7 +124,7 @@ export function readTestCases(bundle: PolicyBundle): PolicyTestCase[] {
     if (!isTestFile(f.path)) continue;
     let value: unknown;
     try {
-      value = parseJson(f.bytes, { maxDepth: 16 });
+      value = parseJson(f.bytes, { maxDepth: 16, maxMembers: MAX_CASES });
     } catch (err) {
       throw new CmcpError("policy.tests", `${f.path}: ${isCmcpError(err) ? err.message : String(err)}`);
     }

@@ -371,6 +371,12 @@ describe("evaluation", () => {
       [{ context: { time: "yesterday" } }, /time/],
       [{ context: { time: "2026-01-15T12:00:00.123456Z" } }, /time/],
       [{ context: { time: new Date(Number.NaN) } }, /time/],
+      // Shaped right but refused by Cedar's datetime(): invalid whether or not a policy reads the time.
+      [{ context: { time: "2026-02-30T12:00:00Z" } }, /time/],
+      [{ context: { time: "2025-02-29" } }, /time/],
+      [{ context: { time: "2026-01-15T24:00:00Z" } }, /time/],
+      [{ context: { time: "2026-01-15T12:00:60Z" } }, /time/],
+      [{ context: { time: "2026-01-15T12:00:00+2400" } }, /time/],
       [{ context: { sensitivity: 4 } }, /sensitivity/],
       [{ context: { sensitivity: 1.5 } }, /sensitivity/],
       [{ context: { session_calls: -1 } }, /session_calls/],
@@ -466,6 +472,7 @@ describe("evaluation", () => {
     expect(o({ time: "2026-01-15T22:30:00Z" })).toBe("advisory");
     expect(o({ time: new Date("2026-01-15T23:00:00Z") })).toBe("advisory");
     expect(o({ time: "2027-03-01T10:00:00Z" })).toBe("deny");
+    expect(o({ time: "2024-02-29T12:00:00.250+2359" })).toBe("allow");
     expect(o({ sensitivity: 3 })).toBe("allow");
     expect(o({ sensitivity: 3, flow_sources: ["untrusted"] })).toBe("require_approval");
     expect(o({ drift: "suspect" })).toBe("deny");
