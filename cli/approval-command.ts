@@ -4,11 +4,10 @@
  * key file; the governor only verifies it against the approvers in its
  * config, so it never holds an approver's key.
  */
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { signApproval, type ApprovalBinding } from "../artifacts/approval.js";
 import { CmcpError } from "../artifacts/errors.js";
-import { signerFromPem } from "../artifacts/keys.js";
+import { readSignerFile } from "./key-file.js";
 import { ADMIN_SOCKET, adminRequest } from "../governor/admin-server.js";
 import type { PendingView } from "../governor/approval-queue.js";
 
@@ -52,16 +51,7 @@ export async function runAnswer(
       "approval.usage",
       `"${approvalId.slice(0, 40)}" is not an approval ID (cmcp approvals lists them)`,
     );
-  let pem: string;
-  try {
-    pem = await readFile(opts.key, "utf8");
-  } catch (err) {
-    throw new CmcpError(
-      "approval.key",
-      `cannot read approver key ${opts.key}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-    );
-  }
-  const approver = signerFromPem(pem);
+  const approver = await readSignerFile(opts.key, "approver");
   const pending = (await pendingList(opts.dataDir)).find((p) => p.approval_id === approvalId);
   if (!pending)
     throw new CmcpError(

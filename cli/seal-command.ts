@@ -3,10 +3,10 @@
  * the issuer's key (a file the gateway never reads). The bundle is loaded and
  * validated first, so a bundle that would refuse to load is never sealed.
  */
-import { open, readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import { canonicalBytes } from "../artifacts/canonical-json.js";
 import { CmcpError } from "../artifacts/errors.js";
-import { signerFromPem } from "../artifacts/keys.js";
+import { readSignerFile } from "./key-file.js";
 import {
   DRIFT_ACTIONS,
   artifactHash,
@@ -69,16 +69,7 @@ export async function runSeal(opts: SealOptions): Promise<number> {
     : new Date(notBefore.getTime() + (opts.validDays ?? 90) * 86_400_000);
   if (expires <= notBefore) usage("the artifact would expire before it becomes valid");
 
-  let pem: string;
-  try {
-    pem = await readFile(opts.key, "utf8");
-  } catch (err) {
-    throw new CmcpError(
-      "seal.key",
-      `cannot read issuer key ${opts.key}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-    );
-  }
-  const issuer = signerFromPem(pem);
+  const issuer = await readSignerFile(opts.key, "issuer");
   const bundle = await loadPolicyBundle(opts.policy, opts.schema ? { schemaPath: opts.schema } : {});
   const artifact = sealArtifact(
     {

@@ -43,6 +43,7 @@ export interface CatalogGuardOptions {
 }
 
 const MAX_CHANGES = 64;
+const MAX_EVENTS_PER_SERVER = 1024;
 const MAX_VALUE_CHARS = 512;
 
 /** Keeps a change small enough for a receipt while still naming what moved. */
@@ -65,6 +66,7 @@ export class CatalogGuard {
   readonly index: CatalogIndex;
   readonly #opts: CatalogGuardOptions;
   readonly #seen = new Set<string>();
+  readonly #recorded = new Map<string, number>();
   readonly #deniedTools = new Map<string, string>();
   readonly #isolated = new Map<string, string>();
   readonly #validators = new Map<string, ValidateFunction | string>();
@@ -211,29 +213,41 @@ export class CatalogGuard {
   async #drift(e: Omit<DriftEvent, "action" | "applied">, state = ""): Promise<void> {
     const key = `${e.kind}\u0000${e.server}\u0000${e.tool ?? ""}\u0000${state}`;
     if (this.#seen.has(key)) return;
-    this.#seen.add(key);
     const action = this.#opts.onDrift;
-    let applied: DriftEvent["applied"] = "none";
-    if (action !== "alert" && e.kind !== "unapproved_tool") {
-      // An identity change cannot be pinned to a tool, and quarantine is not built: both isolate the server.
-      if (action === "deny_tool" && e.tool !== undefined) {
-        this.#deniedTools.set(
-          `${e.server}\u0000${e.tool}`,
-          `tool ${e.tool} of ${e.server} drifted from its approved definition (${e.kind})`,
+    // Enforcement first: it holds even when the event is one too many to record.
+    const applied = this.#enforce(e, action);
+    // A hostile server could change on every listing: record a bounded number of distinct events per server.
+    const count = (this.#recorded.get(e.server) ?? 0) + 1;
+    this.#recorded.set(e.server, count);
+    if (count > MAX_EVENTS_PER_SERVER) {
+      if (count === MAX_EVENTS_PER_SERVER + 1)
+        this.#opts.log(
+          `DRIFT on ${e.server}: more than ${MAX_EVENTS_PER_SERVER} distinct events; further ones are enforced but not recorded`,
         );
-        applied = "tool_denied";
-      } else {
-        this.#isolated.set(
-          e.server,
-          `server ${e.server} is isolated after drift (${e.kind}${e.tool ? ` of ${e.tool}` : ""})`,
-        );
-        applied = "server_isolated";
-      }
+      return;
     }
+    this.#seen.add(key);
     const event: DriftEvent = { ...e, changes: clip(e.changes), action, applied };
     this.#opts.log(
       `DRIFT ${e.kind} on ${e.server}${e.tool ? ` tool ${e.tool}` : ""}: ${event.changes.map((c) => `${c.op} ${c.path || "/"}`).join(", ")}; ${applied}`,
     );
     await this.#opts.record(event);
+  }
+
+  #enforce(e: Omit<DriftEvent, "action" | "applied">, action: DriftAction): DriftEvent["applied"] {
+    if (action === "alert" || e.kind === "unapproved_tool") return "none";
+    // An identity change cannot be pinned to a tool, and quarantine is not built: both isolate the server.
+    if (action === "deny_tool" && e.tool !== undefined) {
+      this.#deniedTools.set(
+        `${e.server}\u0000${e.tool}`,
+        `tool ${e.tool} of ${e.server} drifted from its approved definition (${e.kind})`,
+      );
+      return "tool_denied";
+    }
+    this.#isolated.set(
+      e.server,
+      `server ${e.server} is isolated after drift (${e.kind}${e.tool ? ` of ${e.tool}` : ""})`,
+    );
+    return "server_isolated";
   }
 }

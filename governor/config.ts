@@ -377,6 +377,24 @@ export async function loadConfig(
   return config;
 }
 
+/** An upstream back in the config file's shape: the inverse of loadConfig's mapping (dev mode's snapshot uses it). */
+export function upstreamConfigForm(u: UpstreamSpec): RawUpstream {
+  return {
+    name: u.name,
+    transport: u.transport,
+    ...(u.command ? { command: u.command, args: u.args ?? [] } : {}),
+    ...(u.env ? { env: u.env } : {}),
+    ...(u.cwd ? { cwd: u.cwd } : {}),
+    ...(u.url ? { url: u.url } : {}),
+    ...(u.headers ? { headers: u.headers } : {}),
+    ...(u.connectTimeoutMs ? { connect_timeout_ms: u.connectTimeoutMs } : {}),
+    ...(u.callTimeoutMs ? { call_timeout_ms: u.callTimeoutMs } : {}),
+    ...(u.maxResponseBytes ? { max_response_bytes: u.maxResponseBytes } : {}),
+    ...(u.stateless !== undefined ? { stateless: u.stateless } : {}),
+    ...(u.roots ? { roots: u.roots } : {}),
+  };
+}
+
 export function parseListen(text: string): { host: string; port: number } {
   const i = text.lastIndexOf(":");
   const host = text.slice(0, i).replace(/^\[(.*)\]$/, "$1");

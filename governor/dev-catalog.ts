@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CmcpError } from "../artifacts/errors.js";
 import { approveCatalog, readCatalog, scanCatalog } from "./catalog.js";
-import type { GatewayConfig } from "./config.js";
+import { upstreamConfigForm, type GatewayConfig } from "./config.js";
 import { prepareStateDir, type RuntimeIdentity } from "./runtime-user.js";
 import { defaultScannerRules } from "./tool-scanner-rules.js";
 
@@ -34,11 +34,11 @@ export async function devCatalog(
   const work = join(dir, "snapshot");
   await prepareStateDir(work, identity);
   const upstreamsFile = join(work, "upstreams.json");
-  await writeFile(upstreamsFile, JSON.stringify({ upstreams: config.upstreams.map(toConfigForm) }), {
+  await writeFile(upstreamsFile, JSON.stringify({ upstreams: config.upstreams.map(upstreamConfigForm) }), {
     mode: 0o644,
   });
   const snapshot = join(work, "snapshot.json");
-  const stderr = await new Promise<string>((resolve, reject) => {
+  await new Promise<void>((resolve, reject) => {
     const child = spawn(
       process.execPath,
       [...cliCommand(), "catalog", "snapshot", "--config", upstreamsFile, "--out", snapshot, "--force"],
@@ -53,16 +53,13 @@ export async function devCatalog(
     let err = "";
     child.stderr.on("data", (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
     child.on("error", reject);
-    child.on("close", (code) =>
-      code === 0 ? resolve(err) : reject(new Error(`exit ${code}: ${err.trim()}`)),
-    );
+    child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`exit ${code}: ${err.trim()}`))));
   }).catch((err: unknown) => {
     throw new CmcpError(
       "catalog.dev",
       `dev mode could not snapshot its upstreams: ${(err as Error).message}`,
     );
   });
-  void stderr;
   const catalog = await readCatalog(snapshot);
   const rules = defaultScannerRules();
   const high = scanCatalog(catalog, rules).filter((f) => f.severity === "high").length;
@@ -74,18 +71,4 @@ export async function devCatalog(
   const out = join(dir, "dev-catalog.json");
   await writeFile(out, JSON.stringify(approved, null, 2), { mode: 0o600 });
   return out;
-}
-
-/** An UpstreamSpec back in the config file's shape, for the snapshot command. */
-function toConfigForm(u: GatewayConfig["upstreams"][number]): Record<string, unknown> {
-  return {
-    name: u.name,
-    transport: u.transport,
-    ...(u.command ? { command: u.command, args: u.args ?? [] } : {}),
-    ...(u.env ? { env: u.env } : {}),
-    ...(u.cwd ? { cwd: u.cwd } : {}),
-    ...(u.url ? { url: u.url } : {}),
-    ...(u.headers ? { headers: u.headers } : {}),
-    ...(u.roots ? { roots: u.roots } : {}),
-  };
 }

@@ -17,7 +17,6 @@ import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
 import { CatalogGuard, type DriftEvent } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
-import type { Decider } from "./decider.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
 import { DEV_REVIEWER, devCatalog } from "./dev-catalog.js";
 import { ReceiptChain } from "./receipt-chain.js";
@@ -65,7 +64,6 @@ export interface GatewayStatus {
 export class Gateway {
   readonly config: GatewayConfig;
   readonly chain: ReceiptChain;
-  readonly decider: Decider;
   readonly sealed: SealedPolicy;
   readonly mode: EnforcementMode;
   readonly identity: RuntimeIdentity | null;
@@ -93,7 +91,6 @@ export class Gateway {
     this.config = config;
     this.chain = chain;
     this.sealed = sealed;
-    this.decider = sealed.engine;
     this.mode = sealed.mode;
     this.approvals = new ApprovalQueue({
       holdMs: config.approvals.hold_seconds * 1000,

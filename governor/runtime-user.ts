@@ -28,9 +28,20 @@ function lookup(name: string): RuntimeIdentity | null {
   }
 }
 
+/** Looked-up identities: start-up asks more than once, and each lookup spawns `id`. */
+const known = new Map<string, RuntimeIdentity>();
+
 /** Null when not root: the runtime then runs as the current user, which the governor reports. */
 export function ensureRuntimeUser(name: string): RuntimeIdentity | null {
   if (typeof process.getuid !== "function" || process.getuid() !== 0) return null;
+  const cached = known.get(name);
+  if (cached) return cached;
+  const identity = findOrCreate(name);
+  known.set(name, identity);
+  return identity;
+}
+
+function findOrCreate(name: string): RuntimeIdentity {
   const found = lookup(name);
   if (found) {
     if (found.uid === 0)

@@ -314,23 +314,19 @@ export class ProxySession {
               }),
             APPROVAL_PROGRESS_MS,
           );
+    let onAbort: (() => void) | undefined;
     try {
       const waited = this.#ctx.gov.awaitApproval(
         { session: this.id, approval_id: hold.approval_id },
         hold.hold_ms,
       );
       const signal = extra?.signal;
-      const r = signal
-        ? await Promise.race([
-            waited,
-            new Promise<never>((_, reject) => {
-              if (signal.aborted) reject(rpcError(RpcCode.cancelled, "cancelled while waiting for approval"));
-              signal.addEventListener("abort", () =>
-                reject(rpcError(RpcCode.cancelled, "cancelled while waiting for approval")),
-              );
-            }),
-          ])
-        : await waited;
+      const cancelled = new Promise<never>((_, reject) => {
+        onAbort = () => reject(rpcError(RpcCode.cancelled, "cancelled while waiting for approval"));
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener("abort", onAbort, { once: true });
+      });
+      const r = await Promise.race([waited, cancelled]);
       if (r.approved) return { ...d, allow: true };
       throw rpcError(RpcCode.approvalRefused, `${what} was not made: ${r.reason}`, {
         approval_id: hold.approval_id,
@@ -339,6 +335,7 @@ export class ProxySession {
       });
     } finally {
       if (ticker) clearInterval(ticker);
+      if (onAbort) extra?.signal.removeEventListener("abort", onAbort);
     }
   }
 

@@ -10,6 +10,7 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import {
   StreamableHTTPClientTransport,
   StreamableHTTPError,
+  type StreamableHTTPReconnectionOptions,
 } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import {
@@ -100,6 +101,42 @@ interface InFlight {
 }
 
 let connectionCounter = 0;
+
+/**
+ * The SDK transport for one upstream (also used by catalog snapshots). A stdio
+ * server gets only the SDK's safe default variables (HOME, LOGNAME, PATH,
+ * SHELL, TERM, USER), LANG and its own configured env: the caller's
+ * environment never leaks; its output buffer is bounded.
+ */
+export function upstreamTransport(
+  cfg: UpstreamSpec,
+  opts: {
+    maxBufferBytes: number;
+    onStderr?: (chunk: string) => void;
+    reconnection: StreamableHTTPReconnectionOptions;
+  },
+): Transport {
+  if (cfg.transport === "stdio") {
+    const env: Record<string, string> = {};
+    if (process.env["LANG"] !== undefined) env["LANG"] = process.env["LANG"];
+    Object.assign(env, cfg.env);
+    const t = new StdioClientTransport({
+      command: cfg.command as string,
+      args: cfg.args ?? [],
+      env,
+      ...(cfg.cwd !== undefined && { cwd: cfg.cwd }),
+      stderr: opts.onStderr ? "pipe" : "ignore",
+      maxBufferSize: opts.maxBufferBytes,
+    });
+    const onStderr = opts.onStderr;
+    if (onStderr) t.stderr?.on("data", (chunk: Buffer) => onStderr(chunk.toString("utf8")));
+    return t;
+  }
+  const url = new URL(cfg.url as string);
+  const requestInit: RequestInit = cfg.headers ? { headers: { ...cfg.headers } } : {};
+  if (cfg.transport === "sse") return new SSEClientTransport(url, { requestInit });
+  return new StreamableHTTPClientTransport(url, { requestInit, reconnectionOptions: opts.reconnection });
+}
 
 export class UpstreamConnection {
   readonly #cfg: UpstreamConfig;
@@ -261,33 +298,11 @@ export class UpstreamConnection {
   }
 
   #makeTransport(options: ConnectOptions): Transport {
-    const cfg = this.#cfg;
-    if (cfg.transport === "stdio") {
-      // The SDK adds only its safe default set (HOME, LOGNAME, PATH, SHELL,
-      // TERM, USER) under this env; the runtime's own environment never leaks.
-      const env: Record<string, string> = {};
-      if (process.env["LANG"] !== undefined) env["LANG"] = process.env["LANG"];
-      Object.assign(env, cfg.env);
-      const t = new StdioClientTransport({
-        command: cfg.command as string,
-        args: cfg.args ?? [],
-        env,
-        ...(cfg.cwd !== undefined && { cwd: cfg.cwd }),
-        stderr: options.onStderr ? "pipe" : "ignore",
-        // Room for one oversized result to be read and dropped; beyond this the
-        // SDK gives up on the stream and closes it.
-        maxBufferSize: this.#maxResponseBytes * 2 + 1024 * 1024,
-      });
-      const onStderr = options.onStderr;
-      if (onStderr) t.stderr?.on("data", (chunk: Buffer) => onStderr(chunk.toString("utf8")));
-      return t;
-    }
-    const url = new URL(cfg.url as string);
-    const requestInit: RequestInit = cfg.headers ? { headers: { ...cfg.headers } } : {};
-    if (cfg.transport === "sse") return new SSEClientTransport(url, { requestInit });
-    return new StreamableHTTPClientTransport(url, {
-      requestInit,
-      reconnectionOptions: {
+    return upstreamTransport(this.#cfg, {
+      // Room for one oversized result to be read and dropped; beyond this the SDK gives up on the stream.
+      maxBufferBytes: this.#maxResponseBytes * 2 + 1024 * 1024,
+      ...(options.onStderr ? { onStderr: options.onStderr } : {}),
+      reconnection: {
         initialReconnectionDelay: 250,
         maxReconnectionDelay: 2_000,
         reconnectionDelayGrowFactor: 2,

@@ -1,40 +1,24 @@
-import { spawn } from "node:child_process";
 import { open, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cmcp as runCli, type CliRun } from "../helpers/cli.js";
 import { makeBundle, type MadeBundle } from "../helpers/make-bundle.js";
 
-const CLI = new URL("../../cli/cmcp.ts", import.meta.url).pathname;
 const RSS = new URL("../helpers/report-rss.ts", import.meta.url).pathname;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
+interface Run extends CliRun {
   maxRssKb: number;
 }
 
-/** Runs the real CLI in a child process and reads its peak RSS from a preload. */
-function cmcp(args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--import", RSS, CLI, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("error", reject);
-    child.on("close", (code) => {
-      const m = /cmcp-test-maxrss-kb=(\d+)/.exec(stderr);
-      resolve({
-        code,
-        stdout,
-        stderr: stderr.replace(/\ncmcp-test-maxrss-kb=\d+\n/, ""),
-        maxRssKb: m ? Number(m[1]) : Infinity,
-      });
-    });
-  });
+/** Runs the real CLI and reads its peak RSS from a preload. */
+async function cmcp(args: string[]): Promise<Run> {
+  const r = await runCli(args, ["--import", RSS]);
+  const m = /cmcp-test-maxrss-kb=(\d+)/.exec(r.stderr);
+  return {
+    ...r,
+    stderr: r.stderr.replace(/\ncmcp-test-maxrss-kb=\d+\n/, ""),
+    maxRssKb: m ? Number(m[1]) : Infinity,
+  };
 }
 
 let made: MadeBundle;

@@ -6,13 +6,16 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { signApproval } from "../../artifacts/approval.js";
 import { toBase64 } from "../../artifacts/encoding.js";
 import { generateKeyPem, signerFromPem, type Signer } from "../../artifacts/keys.js";
-import type { Receipt } from "../../artifacts/receipt.js";
-import { parseJson } from "../../artifacts/strict-json.js";
-import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { adminRequest } from "../../governor/admin-server.js";
 import { summarizeArguments, type PendingView } from "../../governor/approval-queue.js";
-import { exportBundle } from "../../governor/export-bundle.js";
-import { ALLOW_ALL, bin, connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+import {
+  ALLOW_ALL,
+  bin,
+  connectClient,
+  startTestGateway,
+  type TestGateway,
+  verifiedReceipts,
+} from "../helpers/gateway.js";
 import { cmcp } from "../helpers/cli.js";
 
 const HOLD_SUM =
@@ -67,21 +70,6 @@ async function pendingOf(tg: TestGateway, count = 1): Promise<PendingView[]> {
   return pending;
 }
 
-async function receiptsOf(tg: TestGateway): Promise<Receipt[]> {
-  await tg.stop();
-  const out = join(tg.dir, "bundle.json");
-  await exportBundle(tg.dataDir, out);
-  const report = await verifyBundleFile(out, {
-    trustedKeys: [tg.signer.keyId],
-    issuerKeys: [tg.issuer.keyId],
-  });
-  expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
-  const bundle = parseJson(await import("node:fs/promises").then((f) => f.readFile(out))) as {
-    receipts: Receipt[];
-  };
-  return bundle.receipts;
-}
-
 const sum = (client: Client, onprogress?: () => void) =>
   client.callTool({ name: "get-sum", arguments: { a: 2, b: 3 } }, CallToolResultSchema, {
     ...(onprogress ? { onprogress } : {}),
@@ -115,7 +103,7 @@ describe("calls held for approval", () => {
     expect(approved.stdout).toMatch(/approved tools\/call get-sum \(approved by alice\)/);
     expect(await call).toMatchObject({ content: [{ type: "text", text: expect.stringContaining("5") }] });
     await client.close();
-    const receipts = await receiptsOf(tg);
+    const receipts = await verifiedReceipts(tg);
     const approval = receipts.find((r) => r.type === "approval");
     expect(approval?.data).toMatchObject({
       approval_id: p!.approval_id,
@@ -159,7 +147,7 @@ describe("calls held for approval", () => {
       },
     ]);
     await client.close();
-    const receipts = await receiptsOf(tg);
+    const receipts = await verifiedReceipts(tg);
     expect(receipts.find((r) => r.type === "approval")?.data).toMatchObject({
       decision: "deny",
       approver: "alice",
@@ -177,7 +165,7 @@ describe("calls held for approval", () => {
       /no approver answered before the hold ended/,
     );
     await client.close();
-    const receipts = await receiptsOf(tg);
+    const receipts = await verifiedReceipts(tg);
     expect(receipts.find((r) => r.type === "approval")?.data).toMatchObject({
       decision: "timeout",
       statement: null,
@@ -255,7 +243,7 @@ describe("calls held for approval", () => {
     ).rejects.toThrow(/expired/);
     // Still pending after every refused attempt; stopping the gateway denies it, recorded.
     expect(await pendingOf(tg)).toHaveLength(1);
-    const receipts = await receiptsOf(tg);
+    const receipts = await verifiedReceipts(tg);
     expect((await second).isError).toBe(true);
     expect(receipts.filter((r) => r.type === "approval").map((r) => r.data?.decision)).toEqual([
       "approve",

@@ -1,20 +1,22 @@
-import { appendFile, chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { appendFile, chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import type { Receipt } from "../../artifacts/receipt.js";
 import type { TraceClaim } from "../../artifacts/trace-claim.js";
 import { adminRequest } from "../../governor/admin-server.js";
-import { parseJson } from "../../artifacts/strict-json.js";
-import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import type { UpstreamSpec } from "../../governor/boundary.js";
 import { approveCatalog, type Catalog } from "../../governor/catalog.js";
 import { snapshotCatalog } from "../../governor/catalog-snapshot.js";
-import { exportBundle } from "../../governor/export-bundle.js";
-import { bin, connectClient, startTestGateway, type TestGateway } from "../helpers/gateway.js";
+import {
+  bin,
+  connectClient,
+  startTestGateway,
+  type TestGateway,
+  verifiedReceipts,
+} from "../helpers/gateway.js";
 
 const DRIFTING = fileURLToPath(new URL("./fixtures/drifting-server.mjs", import.meta.url));
 
@@ -69,18 +71,6 @@ async function start(
   return { tg, client };
 }
 
-async function receipts(tg: TestGateway): Promise<Receipt[]> {
-  await tg.stop();
-  const out = join(tg.dir, "bundle.json");
-  await exportBundle(tg.dataDir, out);
-  const report = await verifyBundleFile(out, {
-    trustedKeys: [tg.signer.keyId],
-    issuerKeys: [tg.issuer.keyId],
-  });
-  expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
-  return (parseJson(await readFile(out)) as { receipts: Receipt[] }).receipts;
-}
-
 const HONEST = "Looks up a record by its key.";
 
 describe("the approved catalog in the running gateway", () => {
@@ -119,7 +109,7 @@ describe("the approved catalog in the running gateway", () => {
       claim: TraceClaim;
     };
     expect(claim.call_summary).toMatchObject({ drift_events: 1, denied: 0 });
-    const all = await receipts(tg);
+    const all = await verifiedReceipts(tg);
     const drift = all.filter((r) => r.type === "drift");
     expect(drift).toHaveLength(1);
     expect(drift[0]).toMatchObject({
@@ -147,7 +137,7 @@ describe("the approved catalog in the running gateway", () => {
         ),
       { timeout: 30_000, interval: 250 },
     );
-    const drift = (await receipts(tg)).filter((r) => r.type === "drift");
+    const drift = (await verifiedReceipts(tg)).filter((r) => r.type === "drift");
     expect(drift[0]).toMatchObject({ data: { kind: "definition", applied: "server_isolated" } });
   });
 
@@ -169,7 +159,7 @@ describe("the approved catalog in the running gateway", () => {
         ),
       { timeout: 30_000, interval: 250 },
     );
-    const drift = (await receipts(tg)).filter((r) => r.type === "drift");
+    const drift = (await verifiedReceipts(tg)).filter((r) => r.type === "drift");
     expect(drift[0]).toMatchObject({
       subject: { server: "ledger" },
       data: { kind: "identity", applied: "server_isolated" },
@@ -197,7 +187,7 @@ describe("the approved catalog in the running gateway", () => {
     await expect(client.callTool({ name: "lookup", arguments: { key: 42 } })).rejects.toThrow(
       /arguments do not match the approved input schema of lookup: \/key must be string/,
     );
-    const all = await receipts(tg);
+    const all = await verifiedReceipts(tg);
     expect(all.find((r) => r.type === "enforcement" && r.subject.server === "memory")?.data).toMatchObject({
       action: "server_not_in_catalog",
     });

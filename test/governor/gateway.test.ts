@@ -190,7 +190,7 @@ describe("gateway passthrough with real peers", () => {
     const report = await verifyBundleFile(bundle, {
       trustedKeys: [tg.signer.keyId],
       issuerKeys: [tg.issuer.keyId],
-      policyHash: tg.gateway.decider.bundleHash,
+      policyHash: tg.gateway.sealed.engine.bundleHash,
     });
     expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
     expect(report.steps.find((s) => s.id === "artifact")?.status).toBe("pass");

@@ -9,9 +9,10 @@ export interface CliRun {
   stderr: string;
 }
 
-export function cmcp(args: string[]): Promise<CliRun> {
+/** `nodeArgs`: extra node flags before the entry point (a preload, for example). */
+export function cmcp(args: string[], nodeArgs: string[] = []): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    const child = spawn(process.execPath, ["--import", "tsx", ...nodeArgs, CLI, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";

@@ -4,14 +4,19 @@
  * reference servers as stdio upstreams.
  */
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { ClientCapabilities } from "@modelcontextprotocol/sdk/types.js";
+import { expect } from "vitest";
 import { canonicalBytes } from "../../artifacts/canonical-json.js";
+import type { Receipt } from "../../artifacts/receipt.js";
+import { parseJson } from "../../artifacts/strict-json.js";
+import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
+import { exportBundle } from "../../governor/export-bundle.js";
 import { toBase64 } from "../../artifacts/encoding.js";
 import { generateSigner, signerFromSeed, type Signer } from "../../artifacts/keys.js";
 import { artifactTime, sealArtifact, type PolicyArtifact } from "../../artifacts/policy-artifact.js";
@@ -205,4 +210,20 @@ export async function connectClient(
     new StreamableHTTPClientTransport(new URL(url), headers ? { requestInit: { headers } } : {}),
   );
   return client;
+}
+
+/**
+ * Stops the gateway, exports its chain, checks that every verifier step
+ * passes with its epoch key and artifact issuer anchored, and returns the receipts.
+ */
+export async function verifiedReceipts(tg: TestGateway): Promise<Receipt[]> {
+  await tg.stop();
+  const out = join(tg.dir, "bundle.json");
+  await exportBundle(tg.dataDir, out);
+  const report = await verifyBundleFile(out, {
+    trustedKeys: [tg.signer.keyId],
+    issuerKeys: [tg.issuer.keyId],
+  });
+  expect(report.steps.filter((s) => s.status === "fail")).toEqual([]);
+  return (parseJson(await readFile(out)) as { receipts: Receipt[] }).receipts;
 }
