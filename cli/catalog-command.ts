@@ -32,7 +32,7 @@ import {
 } from "../governor/catalog.js";
 import { snapshotCatalog, type SnapshotFailure } from "../governor/catalog-snapshot.js";
 import { loadConfig } from "../governor/config.js";
-import { defaultScannerRules, loadScannerRules, type ScannerRules } from "../governor/tool-scanner.js";
+import { loadScannerRules, type ScannerRules } from "../governor/tool-scanner.js";
 
 export const CATALOG_FINDINGS_FORMAT = "cmcp.catalog-findings.v1";
 
@@ -112,10 +112,6 @@ function pretty(value: unknown): string {
   return `${JSON.stringify(value, null, 2)}\n`;
 }
 
-function loadRules(path: string | undefined): ScannerRules {
-  return path !== undefined ? loadScannerRules(path) : defaultScannerRules();
-}
-
 function summarize(catalog: Catalog): {
   servers: number;
   tools: number;
@@ -161,7 +157,7 @@ export async function runCatalogSnapshot(opts: SnapshotCliOptions): Promise<numb
   }
   let rules: ScannerRules;
   try {
-    rules = loadRules(opts.rules);
+    rules = loadScannerRules(opts.rules);
   } catch (err) {
     complain("snapshot", errText(err));
     return 2;
@@ -318,7 +314,7 @@ export async function runCatalogApprove(file: string, opts: ApproveCliOptions): 
   let rules: ScannerRules;
   try {
     catalog = await readCatalog(file);
-    rules = loadRules(opts.rules);
+    rules = loadScannerRules(opts.rules);
   } catch (err) {
     complain("approve", errText(err));
     return 2;

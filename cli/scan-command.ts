@@ -10,7 +10,6 @@ import { isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import {
   atLeast,
-  defaultScannerRules,
   extractToolEntries,
   loadScannerRules,
   scanToolEntries,
@@ -68,7 +67,7 @@ export async function runScan(file: string, opts: ScanCliOptions): Promise<numbe
   const failOn: Severity = opts.failOn ?? "high";
   let rules: ScannerRules;
   try {
-    rules = opts.rules !== undefined ? loadScannerRules(opts.rules) : defaultScannerRules();
+    rules = loadScannerRules(opts.rules);
   } catch (err) {
     return fail(errText(err));
   }

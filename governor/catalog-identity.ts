@@ -99,8 +99,6 @@ const MAX_MANIFEST_BYTES = 1024 * 1024;
 
 export interface IdentityOptions {
   limits?: Readonly<PackageLimits>;
-  /** Read the TLS key pin of https URLs (default true). */
-  tlsPin?: boolean;
   /** Extra trust anchors for reading the pin (a test CA); the system store otherwise. */
   ca?: string | Buffer;
   /** TLS connect timeout (default 10 s). */
@@ -674,7 +672,7 @@ async function httpIdentity(up: UpstreamSpec, opts: IdentityOptions): Promise<Ht
   u.password = "";
   const transport = up.transport === "sse" ? "sse" : "streamable-http";
   const id: HttpIdentity = { transport, url: u.href };
-  if (u.protocol === "https:" && opts.tlsPin !== false) {
+  if (u.protocol === "https:") {
     id.tls_spki_sha256 = await tlsPublicKeyPin(u.href, {
       ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),

@@ -7,8 +7,9 @@
  * Listings are requested with the SDK's loose ResultSchema so definitions are
  * kept exactly as the server sent them (the typed listTools() would reshape
  * or refuse odd ones). A definition that cannot enter a catalog (not an
- * object, no name, wrong field types, over the size limit, not
- * canonicalizable, listed twice) is left out and reported as a high finding;
+ * object, no name, wrong field types, over the size limit, nested deeper or
+ * wider than a catalog file may hold, not canonicalizable, listed twice) is
+ * left out and reported as a high finding;
  * a server that cannot be pinned, reached or listed within its time is
  * reported as a failure, never silently dropped. Tool names offered by more
  * than one server get the alias "<server>.<tool>" on every side, reported as
@@ -26,10 +27,6 @@
  * (governor/typosquat.ts, a partial defence: only names near those lists).
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
-import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import {
   ListRootsRequestSchema,
   ResultSchema,
@@ -39,6 +36,9 @@ import {
 import { canonicalBytes } from "../artifacts/canonical-json.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { sha256Hex } from "../artifacts/hash.js";
+import { artifactTime } from "../artifacts/policy-artifact.js";
+import { parseJson } from "../artifacts/strict-json.js";
+import { upstreamTransport } from "../runtime/upstream-connector.js";
 import type { UpstreamSpec } from "./boundary.js";
 import { computeIdentity, type ServerIdentity } from "./catalog-identity.js";
 import {
@@ -47,7 +47,7 @@ import {
   ENTRY_FIELD,
   KEY_FIELD,
   PINNED_FIELDS,
-  catalogTime,
+  definitionJsonLimits,
   definitionShapeProblem,
   pinnedDefinition,
   scanCatalog,
@@ -73,8 +73,6 @@ export interface SnapshotOptions {
   timeoutMs?: number;
   /** Servers snapshotted at once (default 4). */
   concurrency?: number;
-  /** Client capabilities to declare; default sampling and elicitation, plus roots when configured. */
-  capabilities?: ClientCapabilities;
   rules?: ScannerRules;
   limits?: Readonly<CatalogLimits>;
   /** Trust anchors for reading TLS pins of https upstreams (tests); the system store otherwise. */
@@ -148,28 +146,6 @@ function redactor(up: UpstreamSpec): (text: string) => string {
     for (const s of secrets) out = out.split(s).join("[redacted]");
     return out;
   };
-}
-
-function makeTransport(up: UpstreamSpec, onStderr: (chunk: string) => void): Transport {
-  if (up.transport === "stdio") {
-    // As the runtime does: the SDK's safe default variables, LANG, and the upstream's own env.
-    const env: Record<string, string> = {};
-    if (process.env["LANG"] !== undefined) env["LANG"] = process.env["LANG"];
-    Object.assign(env, up.env);
-    const t = new StdioClientTransport({
-      command: up.command as string,
-      args: up.args ?? [],
-      env,
-      ...(up.cwd !== undefined ? { cwd: up.cwd } : {}),
-      stderr: "pipe",
-    });
-    t.stderr?.on("data", (chunk: Buffer) => onStderr(chunk.toString("utf8")));
-    return t;
-  }
-  const url = new URL(up.url as string);
-  const requestInit: RequestInit = up.headers ? { headers: { ...up.headers } } : {};
-  if (up.transport === "sse") return new SSEClientTransport(url, { requestInit });
-  return new StreamableHTTPClientTransport(url, { requestInit, reconnectionOptions: NO_RECONNECT });
 }
 
 const NO_RECONNECT = {
@@ -281,6 +257,19 @@ function pinItems(
       );
       return;
     }
+    // A clean copy in canonical key order: the catalog never shares objects with the SDK's result.
+    // Parsed under the limits of a catalog file, so what is written here can be read back.
+    let copy: JsonObject;
+    try {
+      copy = parseJson(bytes, definitionJsonLimits(limits)) as JsonObject;
+    } catch (err) {
+      leftOut(
+        "catalog.definition-too-large",
+        "Definition too large",
+        `it exceeds what a catalog file may hold (${(err as Error).message})`,
+      );
+      return;
+    }
     if (entries.has(key)) {
       leftOut(
         "catalog.duplicate",
@@ -289,9 +278,7 @@ function pinItems(
       );
       return;
     }
-    // A clean copy in canonical key order: the catalog never shares objects with the SDK's result.
     // Top-level members in PINNED_FIELDS order (name first) for reviewers; the hash does not depend on it.
-    const copy = JSON.parse(Buffer.from(bytes).toString("utf8")) as JsonObject;
     const ordered: JsonObject = {};
     for (const f of PINNED_FIELDS[kind]) if (Object.hasOwn(copy, f)) ordered[f] = copy[f];
     entries.set(key, { sha256: sha256Hex(bytes), [ENTRY_FIELD[kind]]: ordered });
@@ -348,19 +335,24 @@ async function snapshotServer(up: UpstreamSpec, opts: SnapshotOptions): Promise<
       throw isCmcpError(err) ? err : new CmcpError("catalog.identity", String(err));
     }
     if (abort.signal.aborted) throw new CmcpError("catalog.timeout", "timed out");
-    const capabilities: ClientCapabilities = opts.capabilities ?? {
+    const capabilities: ClientCapabilities = {
       sampling: {},
       elicitation: { form: {}, url: {} },
       ...(up.roots ? { roots: { listChanged: false } } : {}),
     };
     const c = new Client({ name: "cmcp-catalog-snapshot", version: "0.1.0" }, { capabilities });
     client = c;
-    if (capabilities.roots && up.roots) {
+    if (up.roots) {
       const roots = up.roots.map((r) => ({ uri: r.uri, ...(r.name !== undefined ? { name: r.name } : {}) }));
       c.setRequestHandler(ListRootsRequestSchema, () => ({ roots }));
     }
-    const transport = makeTransport(up, (chunk) => {
-      stderr = (stderr + chunk).slice(-STDERR_TAIL);
+    const transport = upstreamTransport(up, {
+      // A listing page larger than a whole catalog file could never be approved.
+      maxBufferBytes: limits.maxFileBytes + 1024 * 1024,
+      reconnection: NO_RECONNECT,
+      onStderr: (chunk) => {
+        stderr = (stderr + chunk).slice(-STDERR_TAIL);
+      },
     });
     try {
       await c.connect(transport, { signal: abort.signal, timeout: Math.max(1, deadline - Date.now()) });
@@ -585,7 +577,7 @@ export async function snapshotCatalog(
   const catalog = validateCatalog(
     {
       format: CATALOG_FORMAT,
-      created_at: catalogTime(opts.now ?? new Date()),
+      created_at: artifactTime(opts.now ?? new Date()),
       review: null,
       servers,
     } satisfies Catalog,

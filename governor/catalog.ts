@@ -29,6 +29,7 @@ import { Ajv2020, type ErrorObject } from "ajv/dist/2020.js";
 import { canonicalBytes } from "../artifacts/canonical-json.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { sha256Hex } from "../artifacts/hash.js";
+import { artifactTime } from "../artifacts/policy-artifact.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import catalogSchema from "../policies/catalog.schema.json" with { type: "json" };
 import { identityDiff, type ServerIdentity } from "./catalog-identity.js";
@@ -309,6 +310,15 @@ export function catalogJsonLimits(limits: Readonly<CatalogLimits> = CATALOG_LIMI
   };
 }
 
+/** How deep a definition sits in a catalog file: catalog, servers, server, list, entry, definition. */
+const DEFINITION_DEPTH = 6;
+
+/** Parse limits a single definition must meet to fit in a catalog file (for live listings). */
+export function definitionJsonLimits(limits: Readonly<CatalogLimits> = CATALOG_LIMITS) {
+  const file = catalogJsonLimits(limits);
+  return { ...file, maxBytes: limits.maxDefinitionBytes, maxDepth: file.maxDepth - (DEFINITION_DEPTH - 1) };
+}
+
 /** Reads and validates a catalog file. Codes: catalog.read (unreadable, too large, not JSON), catalog.invalid, catalog.collision. */
 export async function readCatalog(
   path: string,
@@ -477,11 +487,6 @@ export function catalogHash(catalog: Catalog): string {
   return sha256Hex(canonicalBytes(catalog));
 }
 
-/** RFC 3339 UTC to the second, as catalog times are written. */
-export function catalogTime(d: Date): string {
-  return d.toISOString().replace(/\.\d{3}Z$/, "Z");
-}
-
 export interface ApproveOptions {
   reviewer: string;
   now?: Date;
@@ -498,7 +503,7 @@ export function approveCatalog(catalog: Catalog, opts: ApproveOptions): Catalog 
     ...catalog,
     review: {
       reviewer: opts.reviewer,
-      approved_at: catalogTime(opts.now ?? new Date()),
+      approved_at: artifactTime(opts.now ?? new Date()),
       scanner_rules_version: opts.scannerRulesVersion,
       accepted_high_findings: opts.acceptedHighFindings,
     },

@@ -6,13 +6,13 @@
  * backtrack super-linearly, and compiles each rule for the scanner.
  * Every fault names the rule it was found in.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { Ajv2020 } from "ajv/dist/2020.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import rulesSchema from "../policies/scanner-rules.schema.json" with { type: "json" };
+import { policiesRoot } from "./cedar-bundle.js";
 import { isKnownScript } from "./tool-scanner-text.js";
 
 export const SCANNER_RULES_FORMAT = "cmcp.scanner-rules.v1";
@@ -500,8 +500,17 @@ export function patternCost(src: string): { cost: number; problem: string | null
 
 // ---- loading ------------------------------------------------------------------------------------
 
-const ajv = new Ajv2020({ strict: true, strictRequired: false, allErrors: false, discriminator: true });
-const validateRulesFile = ajv.compile<RulesFile>(rulesSchema);
+// Compiled on first use: importers that never load rules (the gateway, through catalog.ts) skip it.
+let validateRulesFile: ValidateFunction<RulesFile> | undefined;
+function rulesFileValidator(): ValidateFunction<RulesFile> {
+  validateRulesFile ??= new Ajv2020({
+    strict: true,
+    strictRequired: false,
+    allErrors: false,
+    discriminator: true,
+  }).compile<RulesFile>(rulesSchema);
+  return validateRulesFile;
+}
 
 /** Size and shape limits for a rules file (it is policy data, but still parsed strictly). */
 export const RULES_JSON_LIMITS = {
@@ -513,17 +522,18 @@ export const RULES_JSON_LIMITS = {
 
 /** The shipped rules file: policies/scanner-rules.json, found from this module in source and in dist/. */
 export function defaultRulesPath(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 4; i++) {
-    const candidate = join(dir, "policies", "scanner-rules.json");
-    if (existsSync(candidate)) return candidate;
-    dir = dirname(dir);
-  }
-  throw new CmcpError("scanner.rules", "cannot find the shipped policies/scanner-rules.json");
+  return join(policiesRoot(), "scanner-rules.json");
 }
 
-/** Reads, validates and compiles a rules file; throws CmcpError("scanner.rules") naming the fault. */
-export function loadScannerRules(path: string = defaultRulesPath()): ScannerRules {
+/**
+ * Reads, validates and compiles a rules file; throws CmcpError("scanner.rules") naming the fault.
+ * Without a path: the shipped rules (defaultScannerRules).
+ */
+export function loadScannerRules(path?: string): ScannerRules {
+  return path === undefined ? defaultScannerRules() : readRulesFile(path);
+}
+
+function readRulesFile(path: string): ScannerRules {
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(path);
@@ -536,7 +546,7 @@ export function loadScannerRules(path: string = defaultRulesPath()): ScannerRule
 let cachedDefault: ScannerRules | undefined;
 /** The shipped rules, loaded once per process. */
 export function defaultScannerRules(): ScannerRules {
-  cachedDefault ??= loadScannerRules();
+  cachedDefault ??= readRulesFile(defaultRulesPath());
   return cachedDefault;
 }
 
@@ -549,8 +559,9 @@ export function parseScannerRules(input: string | Uint8Array, source = "rules fi
     const msg = isCmcpError(err) ? err.message : String(err);
     throw new CmcpError("scanner.rules", `${source}: not valid JSON: ${msg}`);
   }
-  if (!validateRulesFile(doc)) {
-    const e = validateRulesFile.errors?.[0];
+  const validate = rulesFileValidator();
+  if (!validate(doc)) {
+    const e = validate.errors?.[0];
     const where = e ? describeLocation(doc, e.instancePath) : "";
     throw new CmcpError(
       "scanner.rules",

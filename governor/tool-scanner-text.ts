@@ -167,20 +167,24 @@ const B64 = new Map<string, number>();
 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".split("").forEach((c, i) => B64.set(c, i));
 B64.set("-", 62);
 B64.set("_", 63);
+const B32 = new Map<string, number>();
+"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".split("").forEach((c, i) => B32.set(c, i));
 
-/** Decodes standard or URL-safe base64 (padding optional); null when it is not base64. */
-export function decodeBase64(s: string): Uint8Array | null {
-  const body = s.replace(/=+$/, "");
-  if (body.length % 4 === 1) return null;
-  const out = new Uint8Array(Math.floor((body.length * 3) / 4));
+/** Packs `bitsPerChar` bits per character of `body` into bytes (trailing bits dropped); null on a foreign character. */
+function decodeBits(
+  body: string,
+  bitsPerChar: number,
+  alphabet: ReadonlyMap<string, number>,
+): Uint8Array | null {
+  const out = new Uint8Array(Math.floor((body.length * bitsPerChar) / 8));
   let acc = 0;
   let bits = 0;
   let o = 0;
   for (const c of body) {
-    const v = B64.get(c);
+    const v = alphabet.get(c);
     if (v === undefined) return null;
-    acc = ((acc << 6) | v) & 0xffffff;
-    bits += 6;
+    acc = ((acc << bitsPerChar) | v) & 0xffffff;
+    bits += bitsPerChar;
     if (bits >= 8) {
       bits -= 8;
       out[o++] = (acc >> bits) & 0xff;
@@ -189,25 +193,15 @@ export function decodeBase64(s: string): Uint8Array | null {
   return out.subarray(0, o);
 }
 
+/** Decodes standard or URL-safe base64 (padding optional); null when it is not base64. */
+export function decodeBase64(s: string): Uint8Array | null {
+  const body = s.replace(/=+$/, "");
+  return body.length % 4 === 1 ? null : decodeBits(body, 6, B64);
+}
+
 /** Decodes RFC 4648 base32 (upper case, padding optional); null when it is not base32. */
 export function decodeBase32(s: string): Uint8Array | null {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  const body = s.replace(/=+$/, "");
-  const out = new Uint8Array(Math.floor((body.length * 5) / 8));
-  let acc = 0;
-  let bits = 0;
-  let o = 0;
-  for (const c of body) {
-    const v = alphabet.indexOf(c);
-    if (v < 0) return null;
-    acc = ((acc << 5) | v) & 0xffff;
-    bits += 5;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (acc >> bits) & 0xff;
-    }
-  }
-  return out.subarray(0, o);
+  return decodeBits(s.replace(/=+$/, ""), 5, B32);
 }
 
 export function decodeHex(s: string): Uint8Array | null {

@@ -30,20 +30,16 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+const snapshot = (out: string, config = "gateway.json") =>
+  cmcp(["catalog", "snapshot", "--config", file(config), "--out", file(out)]);
+
 async function load(name: string): Promise<Catalog> {
   return JSON.parse(await readFile(file(name), "utf8")) as Catalog;
 }
 
 describe("cmcp catalog", () => {
   it("snapshot -> diff -> approve -> hash -> seal, from a real config", async () => {
-    const snap = await cmcp([
-      "catalog",
-      "snapshot",
-      "--config",
-      file("gateway.json"),
-      "--out",
-      file("a.json"),
-    ]);
+    const snap = await snapshot("a.json");
     expect(snap.stderr).toContain("listed everything");
     expect(snap.code).toBe(0);
     expect(snap.stdout).toMatch(/wrote .*a\.json: 3 servers, 39 tools/);
@@ -64,21 +60,12 @@ describe("cmcp catalog", () => {
     expect(findings.snapshot_hash).toBe(catalogHash(a));
 
     // No overwrite without --force (exit 2), with it the file is replaced.
-    const again = await cmcp([
-      "catalog",
-      "snapshot",
-      "--config",
-      file("gateway.json"),
-      "--out",
-      file("a.json"),
-    ]);
+    const again = await snapshot("a.json");
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/exists; use --force/);
 
     // A second snapshot of the same servers is identical.
-    expect(
-      (await cmcp(["catalog", "snapshot", "--config", file("gateway.json"), "--out", file("b.json")])).code,
-    ).toBe(0);
+    expect((await snapshot("b.json")).code).toBe(0);
     const same = await cmcp(["catalog", "diff", file("a.json"), file("b.json")]);
     expect(same.code).toBe(0);
     expect(same.stdout).toContain("identical");
@@ -198,9 +185,7 @@ describe("cmcp catalog", () => {
     expect(invalid.code).toBe(2);
     expect(invalid.stderr).toMatch(/\/servers\/0\/tools\/0\/tool\/description .*must be string/);
     expect((await cmcp(["catalog", "approve", file("missing.json"), "--reviewer", "x"])).code).toBe(2);
-    expect(
-      (await cmcp(["catalog", "snapshot", "--config", file("missing.json"), "--out", file("x.json")])).code,
-    ).toBe(2);
+    expect((await snapshot("x.json", "missing.json")).code).toBe(2);
     expect(existsSync(file("x.json"))).toBe(false);
     const help = await cmcp(["catalog", "approve", "--help"]);
     expect(help.code).toBe(0);

@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { UpstreamSpec } from "../../governor/boundary.js";
 import {
+  CATALOG_LIMITS,
   catalogHash,
   definitionHash,
   hashPackageDir,
@@ -58,12 +59,18 @@ const oddTool = {
   _meta: { k: 1 },
 };
 
+/** Small, but nested deeper than a catalog file may hold: a catalog holding it could not be read back. */
+const deepSchema: Record<string, unknown> = { type: "object" };
+for (let i = 0, cur = deepSchema; i < CATALOG_LIMITS.maxDepth; i++)
+  cur = cur.not = {} as Record<string, unknown>;
+
 const PAGES = [
   JSON.stringify([oddTool, { description: "no name" }]),
   JSON.stringify([
     { name: "b", description: 42, inputSchema: { type: "object" } },
     { name: "a", description: "listed again" },
     { name: "c", title: "C", inputSchema: { type: "object" } },
+    { name: "deep", inputSchema: deepSchema },
   ]),
   '[{"name":"d","description":"lone \\ud800 surrogate","inputSchema":{"type":"object"}},' +
     JSON.stringify({
@@ -219,6 +226,7 @@ describe("snapshot of odd and failing servers", () => {
         ["catalog.duplicate", "a", "high"],
         ["catalog.malformed-definition", "d", "high"],
         ["catalog.definition-too-large", "big", "high"],
+        ["catalog.definition-too-large", "deep", "high"],
       ]),
     );
     expect(left.find((f) => f.tool === "b")!.explanation).toContain("/description must be string");

@@ -2,19 +2,14 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { CATEGORIES, type Category } from "../../../governor/tool-scanner-rules.js";
 
-/** The scanner categories of issue 5, one id each. */
-export const POISON_CATEGORIES = [
-  "model-instructions",
-  "hidden-markup",
-  "shadowing",
-  "sensitive-paths",
-  "exfiltration-urls",
-  "deceptive-unicode",
-  "encoded-blobs",
-  "abnormal-length",
-] as const;
-export type PoisonCategory = (typeof POISON_CATEGORIES)[number];
+/**
+ * The scanner categories of issue 5, one id each: the scanner's own list, so a label and a
+ * finding name a category the same way (a category the scanner drops makes its labels fail here).
+ */
+export const POISON_CATEGORIES = CATEGORIES;
+export type PoisonCategory = Category;
 
 export type Severity = "high" | "medium" | "none";
 

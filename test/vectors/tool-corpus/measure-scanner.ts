@@ -21,6 +21,7 @@ import {
   type Finding,
   type ScannerRules,
 } from "../../../governor/tool-scanner.js";
+import { SEVERITY_RANK as RANK } from "../../../governor/tool-scanner-rules.js";
 import {
   POISON_CATEGORIES,
   loadCorpus,
@@ -29,8 +30,6 @@ import {
   type PoisonCategory,
 } from "./corpus.js";
 import { splitCorpus, type Half } from "./split.js";
-
-const RANK = { none: 0, low: 1, medium: 2, high: 3 } as const;
 
 export interface CategoryFigures {
   category: PoisonCategory;
@@ -265,8 +264,7 @@ async function main(argv: string[]): Promise<number> {
     );
     return 2;
   }
-  const rules = rulesPath !== undefined ? loadScannerRules(rulesPath) : undefined;
-  const m = measureScanner(loadCorpus(), half, { ...(rules ? { rules } : {}), catalog });
+  const m = measureScanner(loadCorpus(), half, { rules: loadScannerRules(rulesPath), catalog });
   process.stdout.write(json ? `${JSON.stringify(m, null, 2)}\n` : formatMeasurement(m, list));
   return 0;
 }
