@@ -29,6 +29,8 @@ const MiB = 1024 * KiB;
 const anyJson = {};
 const label = { type: "string", minLength: 1, maxLength: 1024 } as const;
 const optLabel = { type: "string", maxLength: 1024 } as const;
+/** A tool or prompt name, resource URI or URI template (a catalog allows URIs up to 8192 characters). */
+const itemKey = { type: "string", minLength: 1, maxLength: 8192 } as const;
 
 const upstreamSchema = {
   type: "object",
@@ -225,6 +227,8 @@ export const BOUNDARY = {
         enforced: { type: "boolean" },
         /** Enforcing mode: redaction targets (arg:/pointer, result:/pointer) the runtime applies. */
         redact: { type: "array", maxItems: 256, items: { type: "string", maxLength: 2048 } },
+        /** The server is isolated after drift: the session stops listing it. */
+        isolated: { type: "boolean" },
         /** require_approval in enforcing mode: hold the call and wait with await_approval. */
         hold: {
           type: "object",
@@ -297,15 +301,24 @@ export const BOUNDARY = {
     request: {
       type: "object",
       additionalProperties: false,
-      required: ["server", "tools", "resources", "prompts"],
+      required: ["server", "listed"],
       properties: {
         server: label,
         session: label,
         server_name: optLabel,
         server_version: optLabel,
         protocol_version: optLabel,
+        /** The kinds this report lists; a kind not named here was not listed (no drift is inferred). */
+        listed: {
+          type: "array",
+          minItems: 1,
+          maxItems: 4,
+          uniqueItems: true,
+          items: { enum: ["tools", "resources", "resource_templates", "prompts"] },
+        },
         tools: { type: "array", maxItems: 10000, items: anyJson },
-        resources: { type: "array", maxItems: 100000, items: anyJson },
+        resources: { type: "array", maxItems: 10000, items: anyJson },
+        resource_templates: { type: "array", maxItems: 10000, items: anyJson },
         prompts: { type: "array", maxItems: 10000, items: anyJson },
       },
     },
@@ -316,17 +329,24 @@ export const BOUNDARY = {
       required: ["ok"],
       properties: {
         ok: { const: true },
-        /** With an approved catalog: the tools to expose for this server (approved definitions), nothing else. */
+        /** With an approved catalog: what to expose for this server (approved definitions), nothing else. */
         expose: {
           type: "array",
-          maxItems: 10000,
+          maxItems: 40000,
           items: {
             type: "object",
             additionalProperties: false,
-            required: ["name", "tool", "definition"],
-            properties: { name: label, tool: label, definition: anyJson },
+            required: ["kind", "name", "key", "definition"],
+            properties: {
+              kind: { enum: ["tool", "resource", "resource_template", "prompt"] },
+              name: itemKey,
+              key: itemKey,
+              definition: anyJson,
+            },
           },
         },
+        /** The server is isolated after drift: the session stops listing it. */
+        isolated: { type: "boolean" },
       },
     },
   },
@@ -408,6 +428,8 @@ export interface RuntimeConfig {
   catalog?: { relistMs: number };
 }
 export type Outcome = "allow" | "deny" | "redact" | "require_approval" | "advisory";
+export type ListedKind = "tools" | "resources" | "resource_templates" | "prompts";
+
 export interface Bodies {
   hello: { req: { version: number; pid: number }; rep: { config: RuntimeConfig } };
   listening: { req: { host: string; port: number; url: string }; rep: { ok: true } };
@@ -443,6 +465,7 @@ export interface Bodies {
       notify: boolean;
       enforced?: boolean;
       redact?: string[];
+      isolated?: boolean;
       hold?: { approval_id: string; hold_ms: number };
     };
   };
@@ -469,11 +492,22 @@ export interface Bodies {
       server_name?: string;
       server_version?: string;
       protocol_version?: string;
-      tools: unknown[];
-      resources: unknown[];
-      prompts: unknown[];
+      listed: ListedKind[];
+      tools?: unknown[];
+      resources?: unknown[];
+      resource_templates?: unknown[];
+      prompts?: unknown[];
     };
-    rep: { ok: true; expose?: { name: string; tool: string; definition: unknown }[] };
+    rep: {
+      ok: true;
+      expose?: {
+        kind: "tool" | "resource" | "resource_template" | "prompt";
+        name: string;
+        key: string;
+        definition: Record<string, unknown>;
+      }[];
+      isolated?: boolean;
+    };
   };
   upstream_event: {
     req: {

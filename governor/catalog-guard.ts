@@ -1,15 +1,19 @@
 /**
  * The approved catalog at run time, on the governor's side: which upstreams
- * may be connected, which tools agents see (the approved definitions, never
- * the live ones), whether a call's arguments match the pinned input schema,
- * and drift: a live definition or server identity that differs from the pinned
- * one. Each drift is recorded once (per server, tool and live state) and
- * answered with the action the sealed artifact names.
+ * may be connected, what agents see of each (the approved tools, prompts,
+ * resources and templates, never the live definitions), which resource URIs
+ * a read may reach, whether a call's arguments match the pinned input schema,
+ * and drift: a live definition or server identity that differs from the
+ * pinned one. Each drift is recorded once (per server, item and live state)
+ * and answered with the action the sealed artifact names.
  */
 import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import type { DriftAction } from "../artifacts/policy-artifact.js";
 import type { UpstreamSpec } from "./boundary.js";
+import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
+import { sha256Hex } from "../artifacts/hash.js";
 import {
+  KEY_FIELD,
   catalogIndex,
   computeIdentity,
   definitionHash,
@@ -17,22 +21,44 @@ import {
   identityDiff,
   type Catalog,
   type CatalogIndex,
+  type DefinitionKind,
   type FieldChange,
-  type ToolBinding,
+  type ItemBinding,
+  type JsonObject,
 } from "./catalog.js";
 
-export type DriftKind = "definition" | "unapproved_tool" | "identity";
+export type DriftKind =
+  | "definition"
+  | "unapproved_tool"
+  | "unapproved_prompt"
+  | "unapproved_resource"
+  | "unapproved_resource_template"
+  | "identity";
 
 export interface DriftEvent {
   kind: DriftKind;
   server: string;
   session?: string;
-  tool?: string;
+  /** The tool, prompt, resource or template that moved; absent for identity drift and for a set of unapproved resources. */
+  item?: { kind: DefinitionKind; key: string };
   /** Field-level differences (JSON pointers), capped; for identity, of the identity record. */
   changes: FieldChange[];
   /** What was done about it; quarantine is not built, so it isolates the server instead. */
   action: DriftAction;
-  applied: "none" | "tool_denied" | "server_isolated";
+  applied: "none" | "tool_denied" | "item_denied" | "server_isolated";
+}
+
+/** What one upstream listed live, per kind; only the kinds present were listed. */
+export type LiveLists = Partial<Record<DefinitionKind, readonly unknown[]>>;
+
+export interface ExposedItem {
+  kind: DefinitionKind;
+  /** The name (or URI, URI template) agents see. */
+  name: string;
+  /** The item's key at its server. */
+  key: string;
+  /** The approved definition; for a resource matched by an approved template, its URI and MIME type only. */
+  definition: JsonObject;
 }
 
 export interface CatalogGuardOptions {
@@ -67,7 +93,9 @@ export class CatalogGuard {
   readonly #opts: CatalogGuardOptions;
   readonly #seen = new Set<string>();
   readonly #recorded = new Map<string, number>();
-  readonly #deniedTools = new Map<string, string>();
+  /** server, kind and key of items denied after drift, with the reason. */
+  readonly #denied = new Map<string, string>();
+  readonly #templates = new Map<string, { b: ItemBinding; t: UriTemplate }[]>();
   readonly #isolated = new Map<string, string>();
   readonly #validators = new Map<string, ValidateFunction | string>();
   readonly #ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
@@ -126,83 +154,150 @@ export class CatalogGuard {
   }
 
   /**
-   * A live tool listing from one upstream: compared with the pinned tools,
-   * and answered with the approved tools to expose for that server.
+   * What one upstream listed live: compared with what is pinned for it, and
+   * answered with the approved items to expose, for the kinds listed.
    */
-  async observe(
-    server: string,
-    session: string | undefined,
-    live: readonly unknown[],
-  ): Promise<ToolBinding[]> {
-    const pinned = this.index.toolsByServer.get(server);
+  async observe(server: string, session: string | undefined, live: LiveLists): Promise<ExposedItem[]> {
+    const pinned = this.index.byServer.get(server);
     if (!pinned) return [];
-    const liveByName = new Map<string, unknown>();
-    for (const t of live) {
-      const name = (t as { name?: unknown } | null)?.name;
-      if (typeof name === "string") liveByName.set(name, t);
-    }
-    for (const [name, b] of pinned) {
-      const l = liveByName.get(name);
-      // A missing tool is not drift: servers offer some tools only to clients with certain capabilities
-      // (server-everything's elicitation tools), and a tool that is not there is neither listed nor callable.
-      if (l === undefined) continue;
-      let liveHash: string;
-      try {
-        liveHash = definitionHash(l);
-      } catch {
-        liveHash = "unhashable";
+    const out: ExposedItem[] = [];
+    const where = session ? { session } : {};
+    for (const kind of ["tool", "prompt", "resource_template", "resource"] as const) {
+      const list = live[kind];
+      if (!list) continue;
+      const liveByKey = new Map<string, unknown>();
+      for (const d of list) {
+        const key = (d as Record<string, unknown> | null)?.[KEY_FIELD[kind]];
+        if (typeof key === "string") liveByKey.set(key, d);
       }
-      if (liveHash !== b.entry.sha256) {
+      for (const [key, b] of pinned[kind]) {
+        const l = liveByKey.get(key);
+        // A missing item is not drift: servers offer some tools only to clients with certain capabilities
+        // (server-everything's elicitation tools), and what is not there is neither listed nor reachable.
+        if (l === undefined) continue;
+        let liveHash: string;
+        try {
+          liveHash = definitionHash(l, kind);
+        } catch {
+          liveHash = "unhashable";
+        }
+        if (liveHash === b.sha256) continue;
         let changes: FieldChange[];
         try {
-          changes = diffDefinitions(b.entry.tool, l);
+          changes = diffDefinitions(b.definition, l, kind);
         } catch {
-          changes = [{ path: "", op: "changed", before: b.entry.sha256, after: liveHash }];
+          changes = [{ path: "", op: "changed", before: b.sha256, after: liveHash }];
         }
-        await this.#drift(
-          { kind: "definition", server, tool: name, changes, ...(session ? { session } : {}) },
-          liveHash,
-        );
+        await this.#drift({ kind: "definition", server, item: { kind, key }, changes, ...where }, liveHash);
+      }
+      const unapproved = [...liveByKey.keys()].filter((k) => !pinned[kind].has(k));
+      const byTemplate: string[] = [];
+      if (kind === "resource") {
+        // Resources come and go with the data: one covered by an approved template is served (its URI only),
+        // and the rest of a listing is one event, not one per URI.
+        const rest: string[] = [];
+        for (const uri of unapproved) (this.#templateFor(server, uri) ? byTemplate : rest).push(uri);
+        if (rest.length > 0) {
+          rest.sort();
+          await this.#drift(
+            {
+              kind: "unapproved_resource",
+              server,
+              changes: rest.map((uri) => ({
+                path: `/${uri.replaceAll("~", "~0").replaceAll("/", "~1")}`,
+                op: "added",
+              })),
+              ...where,
+            },
+            sha256Hex(Buffer.from(rest.join("\n"), "utf8")),
+          );
+        }
+      } else {
+        for (const key of unapproved)
+          await this.#drift({
+            kind: `unapproved_${kind}`,
+            server,
+            item: { kind, key },
+            changes: [{ path: "", op: "added" }],
+            ...where,
+          });
+      }
+      for (const [key, b] of pinned[kind])
+        if (liveByKey.has(key) && this.refusal(server, { kind, key }) === null)
+          out.push({ kind, name: b.exposed, key, definition: b.definition });
+      for (const uri of byTemplate) {
+        if (this.refusal(server, { kind, key: uri }) !== null) continue;
+        const l = liveByKey.get(uri) as Record<string, unknown>;
+        const mime =
+          typeof l.mimeType === "string" && l.mimeType.length <= 256 ? { mimeType: l.mimeType } : {};
+        // Its name and description were never reviewed: the URI stands in for the name.
+        out.push({ kind, name: uri, key: uri, definition: { uri, name: uri, ...mime } });
       }
     }
-    for (const name of liveByName.keys()) {
-      if (!pinned.has(name))
-        await this.#drift({
-          kind: "unapproved_tool",
-          server,
-          tool: name,
-          changes: [{ path: "", op: "added" }],
-          ...(session ? { session } : {}),
-        });
-    }
-    return [...pinned.values()].filter(
-      (b) => this.refusal(server, b.name) === null && liveByName.has(b.name),
-    );
+    return out;
   }
 
-  /** Why a call to this server's tool is refused, or null. */
-  refusal(server: string, tool: string | undefined): string | null {
+  /** Why a request to this server (for this item) is refused, or null. */
+  refusal(server: string, item?: { kind: DefinitionKind; key: string }): string | null {
     const isolated = this.#isolated.get(server);
     if (isolated) return isolated;
-    if (tool === undefined) return null;
-    if (!this.index.toolsByServer.get(server)?.has(tool))
-      return `tool ${tool} of ${server} is not in the approved catalog`;
-    return this.#deniedTools.get(`${server}\u0000${tool}`) ?? null;
+    if (item === undefined) return null;
+    const { kind, key } = item;
+    const denied = (k: DefinitionKind, x: string) => this.#denied.get(`${server}\u0000${k}\u0000${x}`);
+    if (this.index.byServer.get(server)?.[kind].has(key)) return denied(kind, key) ?? null;
+    if (kind === "resource") {
+      // A completion names the template itself; a read names a URI the template covers.
+      if (this.index.byServer.get(server)?.resource_template.has(key))
+        return denied("resource_template", key) ?? null;
+      const t = this.#templateFor(server, key);
+      if (t) return denied("resource_template", t.key) ?? null;
+    }
+    return `${NOUN[kind]} ${key.slice(0, 200)} of ${server} is not in the approved catalog`;
+  }
+
+  /** Whether the server is isolated (the runtime stops listing it). */
+  isolated(server: string): boolean {
+    return this.#isolated.has(server);
+  }
+
+  /** The approved template of this server that covers a URI, in catalog order. */
+  #templateFor(server: string, uri: string): ItemBinding | undefined {
+    let compiled = this.#templates.get(server);
+    if (!compiled) {
+      compiled = [];
+      for (const b of this.index.byServer.get(server)?.resource_template.values() ?? []) {
+        try {
+          compiled.push({ b, t: new UriTemplate(b.key) });
+        } catch {
+          this.#opts.log(
+            `the approved URI template ${b.key.slice(0, 200)} of ${server} cannot be parsed; it covers nothing`,
+          );
+        }
+      }
+      this.#templates.set(server, compiled);
+    }
+    return compiled.find(({ t }) => {
+      try {
+        return t.match(uri) !== null;
+      } catch {
+        return false;
+      }
+    })?.b;
   }
 
   /** Checks tools/call arguments against the pinned input schema; an error message, or null. */
   argumentsProblem(server: string, tool: string, args: unknown): string | null {
-    const b = this.index.toolsByServer.get(server)?.get(tool);
+    const b = this.index.byServer.get(server)?.tool.get(tool);
     if (!b) return `tool ${tool} of ${server} is not in the approved catalog`;
-    let v = this.#validators.get(b.entry.sha256);
+    let v = this.#validators.get(b.sha256);
     if (v === undefined) {
-      const { $schema: _dialect, ...schema } = (b.entry.tool.inputSchema ?? {}) as Record<string, unknown>;
+      const { $schema: _dialect, ...schema } = (b.definition.inputSchema ?? {}) as Record<string, unknown>;
       try {
         v = this.#ajv.compile(schema);
       } catch (err) {
         v = `the pinned input schema of ${tool} cannot be compiled: ${(err as Error).message}`;
       }
-      this.#validators.set(b.entry.sha256, v);
+      this.#validators.set(b.sha256, v);
     }
     if (typeof v === "string") return v;
     if (v(args ?? {})) return null;
@@ -211,7 +306,7 @@ export class CatalogGuard {
   }
 
   async #drift(e: Omit<DriftEvent, "action" | "applied">, state = ""): Promise<void> {
-    const key = `${e.kind}\u0000${e.server}\u0000${e.tool ?? ""}\u0000${state}`;
+    const key = `${e.kind}\u0000${e.server}\u0000${e.item?.kind ?? ""}\u0000${e.item?.key ?? ""}\u0000${state}`;
     if (this.#seen.has(key)) return;
     const action = this.#opts.onDrift;
     // Enforcement first: it holds even when the event is one too many to record.
@@ -229,25 +324,32 @@ export class CatalogGuard {
     this.#seen.add(key);
     const event: DriftEvent = { ...e, changes: clip(e.changes), action, applied };
     this.#opts.log(
-      `DRIFT ${e.kind} on ${e.server}${e.tool ? ` tool ${e.tool}` : ""}: ${event.changes.map((c) => `${c.op} ${c.path || "/"}`).join(", ")}; ${applied}`,
+      `DRIFT ${e.kind} on ${e.server}${e.item ? ` ${e.item.kind} ${e.item.key.slice(0, 200)}` : ""}: ${event.changes.map((c) => `${c.op} ${c.path || "/"}`).join(", ")}; ${applied}`,
     );
     await this.#opts.record(event);
   }
 
   #enforce(e: Omit<DriftEvent, "action" | "applied">, action: DriftAction): DriftEvent["applied"] {
-    if (action === "alert" || e.kind === "unapproved_tool") return "none";
-    // An identity change cannot be pinned to a tool, and quarantine is not built: both isolate the server.
-    if (action === "deny_tool" && e.tool !== undefined) {
-      this.#deniedTools.set(
-        `${e.server}\u0000${e.tool}`,
-        `tool ${e.tool} of ${e.server} drifted from its approved definition (${e.kind})`,
+    if (action === "alert" || (e.kind !== "definition" && e.kind !== "identity")) return "none";
+    // An identity change cannot be pinned to an item, and quarantine is not built: both isolate the server.
+    if (action === "deny_tool" && e.item !== undefined) {
+      this.#denied.set(
+        `${e.server}\u0000${e.item.kind}\u0000${e.item.key}`,
+        `${NOUN[e.item.kind]} ${e.item.key.slice(0, 200)} of ${e.server} drifted from its approved definition`,
       );
-      return "tool_denied";
+      return e.item.kind === "tool" ? "tool_denied" : "item_denied";
     }
     this.#isolated.set(
       e.server,
-      `server ${e.server} is isolated after drift (${e.kind}${e.tool ? ` of ${e.tool}` : ""})`,
+      `server ${e.server} is isolated after drift (${e.kind}${e.item ? ` of ${e.item.kind} ${e.item.key.slice(0, 200)}` : ""})`,
     );
     return "server_isolated";
   }
 }
+
+const NOUN: Record<DefinitionKind, string> = {
+  tool: "tool",
+  prompt: "prompt",
+  resource: "resource",
+  resource_template: "resource template",
+};

@@ -490,45 +490,85 @@ function lookAlikeFindings(
   return out;
 }
 
-/** Finds tool names offered by several servers and aliases them "<server>.<tool>". */
+/**
+ * A name is bound to one server. Tool and prompt names offered by several
+ * servers are aliased "<server>.<name>"; a resource URI or URI template
+ * offered by several servers stays with the first in config order.
+ */
 function resolveCollisions(servers: CatalogServer[], findings: CatalogFinding[]): void {
-  const owners = new Map<string, string[]>();
-  for (const s of servers)
-    for (const t of s.tools) owners.set(t.tool.name, [...(owners.get(t.tool.name) ?? []), s.name]);
-  const taken = new Set(owners.keys());
-  for (const s of servers) {
-    s.tools = s.tools.filter((t) => {
-      const who = owners.get(t.tool.name) ?? [];
-      if (who.length < 2) return true;
-      const alias = `${s.name}.${t.tool.name}`;
-      const others = who.filter((n) => n !== s.name).join(", ");
-      if (/^[A-Za-z0-9_.-]{1,128}$/.test(alias) && !taken.has(alias)) {
-        taken.add(alias);
-        t.alias = alias;
-        findings.push(
-          catalogFinding(
+  for (const kind of ["tool", "prompt"] as const) {
+    const names = (s: CatalogServer) =>
+      kind === "tool" ? s.tools.map((t) => t.tool.name) : s.prompts.map((p) => p.prompt.name);
+    const owners = new Map<string, string[]>();
+    for (const s of servers) for (const n of names(s)) owners.set(n, [...(owners.get(n) ?? []), s.name]);
+    const taken = new Set(owners.keys());
+    for (const s of servers) {
+      const keep = (e: { alias?: string }, name: string): boolean => {
+        const who = owners.get(name) ?? [];
+        if (who.length < 2) return true;
+        const alias = `${s.name}.${name}`;
+        const at = kind === "tool" ? name : null;
+        const item = kind === "tool" ? {} : { item: { kind, key: name } };
+        if (/^[A-Za-z0-9_.-]{1,128}$/.test(alias) && !taken.has(alias)) {
+          taken.add(alias);
+          e.alias = alias;
+          findings.push({
+            ...catalogFinding(
+              s.name,
+              at,
+              "catalog.name-collision",
+              "medium",
+              `${kind === "tool" ? "Tool" : "Prompt"} name offered by several servers`,
+              `Servers ${[s.name, ...who.filter((n) => n !== s.name)].join(", ")} all offer a ${kind} named ${JSON.stringify(name)}. A name is bound to one server, so agents will see this one as "${alias}". Change the alias if another name suits better.`,
+            ),
+            ...item,
+          });
+          return true;
+        }
+        findings.push({
+          ...catalogFinding(
             s.name,
-            t.tool.name,
+            at,
             "catalog.name-collision",
-            "medium",
-            "Tool name offered by several servers",
-            `Servers ${[s.name, ...who.filter((n) => n !== s.name)].join(", ")} all offer a tool named ${JSON.stringify(t.tool.name)}. A name is bound to one server, so agents will see this one as "${alias}". Change the alias if another name suits better.`,
+            "high",
+            `${kind === "tool" ? "Tool" : "Prompt"} name offered by several servers`,
+            `Server(s) ${who.filter((n) => n !== s.name).join(", ")} also offer a ${kind} named ${JSON.stringify(name)}, and "${alias}" cannot serve as an alias (not a valid name, or already taken), so this ${kind} was left out of the catalog.`,
           ),
-        );
-        return true;
-      }
-      findings.push(
-        catalogFinding(
-          s.name,
-          t.tool.name,
-          "catalog.name-collision",
-          "high",
-          "Tool name offered by several servers",
-          `Server(s) ${others} also offer a tool named ${JSON.stringify(t.tool.name)}, and "${alias}" cannot serve as an alias (not a valid tool name, or already taken), so this tool was left out of the catalog.`,
-        ),
-      );
-      return false;
-    });
+          ...item,
+        });
+        return false;
+      };
+      if (kind === "tool") s.tools = s.tools.filter((t) => keep(t, t.tool.name));
+      else s.prompts = s.prompts.filter((p) => keep(p, p.prompt.name));
+    }
+  }
+  for (const kind of ["resource", "resource_template"] as const) {
+    const first = new Map<string, string>();
+    for (const s of servers) {
+      const keep = (key: string): boolean => {
+        const owner = first.get(key);
+        if (owner === undefined) {
+          first.set(key, s.name);
+          return true;
+        }
+        findings.push({
+          ...catalogFinding(
+            s.name,
+            null,
+            "catalog.name-collision",
+            "high",
+            kind === "resource"
+              ? "Resource URI offered by several servers"
+              : "URI template offered by several servers",
+            `Server ${owner} also offers ${JSON.stringify(key.slice(0, 200))}. A ${kind === "resource" ? "URI" : "URI template"} is bound to one server, so it stays with ${owner} (first in the config) and was left out for ${s.name}.`,
+          ),
+          item: { kind, key },
+        });
+        return false;
+      };
+      if (kind === "resource") s.resources = s.resources.filter((r) => keep(r.resource.uri));
+      else s.resource_templates = s.resource_templates.filter((t) => keep(t.template.uriTemplate));
+    }
   }
 }
 

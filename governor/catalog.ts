@@ -143,6 +143,8 @@ export interface CatalogResourceTemplateEntry {
 export interface CatalogPromptEntry {
   prompt: PromptDefinition;
   sha256: string;
+  /** The name agents see instead of prompt.name. */
+  alias?: string;
 }
 
 export interface CatalogServer {
@@ -175,6 +177,8 @@ export interface Catalog {
 // ---- pinned definitions -------------------------------------------------------------------------
 
 export type DefinitionKind = "tool" | "resource" | "resource_template" | "prompt";
+
+export const KINDS: readonly DefinitionKind[] = ["tool", "resource", "resource_template", "prompt"];
 
 export const PINNED_FIELDS: Readonly<Record<DefinitionKind, readonly string[]>> = Object.freeze({
   tool: ["name", "title", "description", "inputSchema", "outputSchema", "annotations"],
@@ -425,59 +429,87 @@ const LIST_FIELD = {
 
 // ---- the index the gateway serves from ----------------------------------------------------------
 
-export interface ToolBinding {
-  /** The name agents see (alias, or the tool's own name). */
+export interface ItemBinding {
+  kind: DefinitionKind;
+  /** What agents see: a tool's or prompt's alias or own name, a resource's URI, a template's URI template. */
   exposed: string;
   server: string;
-  /** The tool's name at its server. */
-  name: string;
-  entry: CatalogToolEntry;
+  /** The item's key at its server: name, uri or uriTemplate. */
+  key: string;
+  sha256: string;
+  definition: JsonObject;
 }
+
+export type ItemMaps = Record<DefinitionKind, Map<string, ItemBinding>>;
 
 export interface CatalogIndex {
-  /** By the name agents see: each bound to exactly one server. */
-  tools: Map<string, ToolBinding>;
   servers: Map<string, CatalogServer>;
-  /** Server name, then the tool's name at that server. */
-  toolsByServer: Map<string, Map<string, ToolBinding>>;
+  /** Per kind, by what agents see: each bound to exactly one server. */
+  exposed: ItemMaps;
+  /** Server name, then kind, then the item's key at that server. */
+  byServer: Map<string, ItemMaps>;
 }
 
+const emptyMaps = (): ItemMaps => ({
+  tool: new Map(),
+  resource: new Map(),
+  resource_template: new Map(),
+  prompt: new Map(),
+});
+
+const NOUN: Record<DefinitionKind, string> = {
+  tool: "tool name",
+  prompt: "prompt name",
+  resource: "resource URI",
+  resource_template: "resource template",
+};
+
 /**
- * Lookup tables for serving tools/list and routing calls. Throws
- * CmcpError("catalog.collision") when two tools would be exposed under one
- * name: the catalog must give one of them an alias.
+ * Lookup tables for serving listings and routing requests. Throws
+ * CmcpError("catalog.collision") when two items of a kind would be exposed
+ * under one name: a tool or prompt needs an alias, a resource URI or URI
+ * template can be approved for one server only.
  */
 export function catalogIndex(catalog: Catalog, source = "catalog"): CatalogIndex {
-  const tools = new Map<string, ToolBinding>();
   const servers = new Map<string, CatalogServer>();
-  const toolsByServer = new Map<string, Map<string, ToolBinding>>();
+  const exposed = emptyMaps();
+  const byServer = new Map<string, ItemMaps>();
   for (const s of catalog.servers) {
     servers.set(s.name, s);
-    const own = new Map<string, ToolBinding>();
-    toolsByServer.set(s.name, own);
-    for (const entry of s.tools) {
-      const exposed = entry.alias ?? entry.tool.name;
-      const b: ToolBinding = { exposed, server: s.name, name: entry.tool.name, entry };
-      const other = tools.get(exposed);
-      if (other) {
-        const them =
-          other.name === exposed
-            ? `server "${other.server}"`
-            : `server "${other.server}" (alias of "${other.name}")`;
-        const us =
-          entry.alias !== undefined
-            ? `server "${s.name}" (alias of "${entry.tool.name}")`
-            : `server "${s.name}"`;
-        throw new CmcpError(
-          "catalog.collision",
-          `${source}: tool name "${exposed}" is offered by ${them} and by ${us}; a tool name is bound to exactly one server, so give one of them an "alias" (the name agents will see)`,
-        );
+    const own = emptyMaps();
+    byServer.set(s.name, own);
+    for (const kind of KINDS) {
+      for (const raw of s[LIST_FIELD[kind]] as unknown as Record<string, unknown>[]) {
+        const definition = raw[ENTRY_FIELD[kind]] as JsonObject;
+        const key = definition[KEY_FIELD[kind]] as string;
+        const alias = typeof raw.alias === "string" ? raw.alias : undefined;
+        const b: ItemBinding = {
+          kind,
+          exposed: alias ?? key,
+          server: s.name,
+          key,
+          sha256: raw.sha256 as string,
+          definition,
+        };
+        const other = exposed[kind].get(b.exposed);
+        if (other) {
+          const who = (x: ItemBinding) =>
+            x.key === x.exposed ? `server "${x.server}"` : `server "${x.server}" (alias of "${x.key}")`;
+          const fix =
+            kind === "tool" || kind === "prompt"
+              ? `a ${kind} name is bound to exactly one server, so give one of them an "alias" (the name agents will see)`
+              : `a ${NOUN[kind]} is bound to exactly one server, so approve it for one of them only`;
+          throw new CmcpError(
+            "catalog.collision",
+            `${source}: ${NOUN[kind]} "${b.exposed}" is offered by ${who(other)} and by ${who(b)}; ${fix}`,
+          );
+        }
+        exposed[kind].set(b.exposed, b);
+        own[kind].set(key, b);
       }
-      tools.set(exposed, b);
-      own.set(entry.tool.name, b);
     }
   }
-  return { tools, servers, toolsByServer };
+  return { servers, exposed, byServer };
 }
 
 // ---- hashing and approval -----------------------------------------------------------------------
@@ -515,8 +547,10 @@ export function approveCatalog(catalog: Catalog, opts: ApproveOptions): Catalog 
 
 export interface CatalogFinding extends Finding {
   server: string;
-  /** The tool's name at its server; null for a finding about the server or the catalog. */
+  /** The tool's name at its server; null for a finding about another kind of item, the server or the catalog. */
   tool: string | null;
+  /** A finding about a prompt, resource or resource template: which one. */
+  item?: { kind: Exclude<DefinitionKind, "tool">; key: string };
 }
 
 /**
@@ -563,8 +597,6 @@ export interface CatalogDiff {
   /** Shown for information; a review alone does not make catalogs differ. */
   review: { before: CatalogReview | null; after: CatalogReview | null } | null;
 }
-
-const KINDS: DefinitionKind[] = ["tool", "resource", "resource_template", "prompt"];
 
 function itemsOf(s: CatalogServer, kind: DefinitionKind): Map<string, { def: JsonObject; alias?: string }> {
   const m = new Map<string, { def: JsonObject; alias?: string }>();

@@ -12,10 +12,11 @@ import { fromBase64 } from "../artifacts/encoding.js";
 import { generateSigner, keyId, type Signer } from "../artifacts/keys.js";
 import { payloadHash, type DecisionOutcome } from "../artifacts/receipt.js";
 import type { EnforcementMode } from "../artifacts/trace-claim.js";
-import type { Bodies, Handlers, RuntimeConfig } from "./boundary.js";
+import type { Bodies, Handlers, ListedKind, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
-import { CatalogGuard, type DriftEvent } from "./catalog-guard.js";
+import type { DefinitionKind } from "./catalog.js";
+import { CatalogGuard, type DriftEvent, type LiveLists } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
 import { DEV_REVIEWER, devCatalog } from "./dev-catalog.js";
@@ -304,41 +305,67 @@ export class Gateway {
       .approved.filter((u) => guard.refusal(u.name, undefined) === null);
   }
 
-  /** The approved tools of one server that this session's agent may call (never the live definitions). */
+  /** What this session's agent may see of one server: approved definitions only, never the live ones. */
   async #expose(
     req: Bodies["catalog_observed"]["req"],
   ): Promise<NonNullable<Bodies["catalog_observed"]["rep"]["expose"]>> {
-    const bindings = await this.guard!.observe(req.server, req.session, req.tools);
+    const live: LiveLists = {};
+    for (const k of req.listed) {
+      const kind =
+        k === "tools"
+          ? "tool"
+          : k === "prompts"
+            ? "prompt"
+            : k === "resources"
+              ? "resource"
+              : "resource_template";
+      live[kind] = req[k] ?? [];
+    }
+    const items = await this.guard!.observe(req.server, req.session, live);
     const session = req.session === undefined ? undefined : this.#sessions.get(req.session);
     const out = [];
-    for (const b of bindings) {
-      // Listing is filtered by the policy for this agent and workflow: a tool it may never call is not shown.
-      if (session && req.session) {
+    for (const it of items) {
+      // Listing is filtered by the policy for this agent and workflow: what it may never use is not shown.
+      // Templates are not: each URI read through one is decided on its own.
+      if (session && req.session && it.kind !== "resource_template" && this.mode === "enforcing") {
         const d = this.sealed.engine.evaluate({
           agent: session.agent,
           workflows: session.workflows,
           session: req.session,
-          server: b.server,
-          method: "tools/call",
-          tool: b.name,
+          server: req.server,
+          ...(it.kind === "tool"
+            ? { method: "tools/call", tool: it.key }
+            : it.kind === "prompt"
+              ? { method: "prompts/get", prompt: it.key }
+              : { method: "resources/read", resource: it.key.slice(0, 1024) }),
         });
-        if (d.outcome === "deny" && this.mode === "enforcing") continue;
+        if (d.outcome === "deny") continue;
       }
-      out.push({ name: b.exposed, tool: b.name, definition: b.entry.tool });
+      out.push(it);
     }
     return out;
   }
 
   async #recordDrift(e: DriftEvent): Promise<void> {
+    const item = e.item;
+    const target =
+      item === undefined
+        ? {}
+        : item.kind === "tool"
+          ? { tool: item.key.slice(0, 1024) }
+          : item.kind === "prompt"
+            ? { prompt: item.key.slice(0, 1024) }
+            : { resource: item.key.slice(0, 1024) };
     await this.chain.append({
       type: "drift",
       subject: {
         server: e.server,
         ...(e.session !== undefined ? { session: e.session } : {}),
-        ...(e.tool !== undefined ? { tool: e.tool.slice(0, 1024) } : {}),
+        ...target,
       },
       data: {
         kind: e.kind,
+        ...(item !== undefined ? { item_kind: item.kind } : {}),
         action: e.action,
         applied: e.applied,
         changes: e.changes as unknown as Record<string, unknown>[],
@@ -436,13 +463,16 @@ export class Gateway {
       catalog_observed: async (req) => {
         const expose = this.guard ? await this.#expose(req) : undefined;
         const prev = this.#upstreams.get(req.server);
+        const count = (k: ListedKind, before: number | undefined) =>
+          req.listed.includes(k) ? (req[k]?.length ?? 0) : (before ?? 0);
         this.#upstreams.set(req.server, {
-          tools: req.tools.length,
-          resources: req.resources.length,
-          prompts: req.prompts.length,
+          tools: count("tools", prev?.tools),
+          resources: count("resources", prev?.resources),
+          prompts: count("prompts", prev?.prompts),
           last_event: prev?.last_event ?? null,
         });
-        return expose ? { ok: true, expose } : { ok: true };
+        if (!expose) return { ok: true };
+        return this.guard!.isolated(req.server) ? { ok: true, expose, isolated: true } : { ok: true, expose };
       },
       upstream_event: async (req) => {
         const entry = this.#upstreams.get(req.server) ?? {
@@ -499,6 +529,8 @@ export class Gateway {
       enforced: this.mode === "enforcing",
       // Redaction is enforcement: applied in enforcing mode only, like blocking.
       ...(redact.length > 0 && this.mode === "enforcing" ? { redact } : {}),
+      // The runtime stops listing a server isolated after drift instead of being refused at every cadence.
+      ...(!allow && this.guard?.isolated(req.server) ? { isolated: true } : {}),
     };
     if (allow || decision.outcome !== "require_approval") return reply;
     const pending = this.approvals.open(
@@ -588,7 +620,7 @@ export class Gateway {
     const guard = this.guard;
     if (!guard) return null;
     const isCall = req.method === "tools/call";
-    const refused = guard.refusal(req.server, isCall ? req.tool : undefined);
+    const refused = guard.refusal(req.server, catalogTarget(req));
     if (refused !== null || !isCall || req.tool === undefined) return refused;
     return guard.argumentsProblem(
       req.server,
@@ -616,6 +648,31 @@ export class Gateway {
     });
     // Inspection is a pass-through until the data-inspection issue lands; every payload is still hashed and recorded.
     return { action: "pass", seq: appended.seq };
+  }
+}
+
+/** The catalog item a request reaches, if any: a tool, prompt or resource (completions name theirs in the ref). */
+function catalogTarget(req: Bodies["decide"]["req"]): { kind: DefinitionKind; key: string } | undefined {
+  switch (req.method) {
+    case "tools/call":
+      return { kind: "tool", key: req.tool ?? "" };
+    case "prompts/get":
+      return { kind: "prompt", key: req.prompt ?? "" };
+    case "resources/read":
+    case "resources/subscribe":
+    case "resources/unsubscribe":
+      return {
+        kind: "resource",
+        key: String((req.params as { uri?: unknown } | null)?.uri ?? req.resource ?? ""),
+      };
+    case "completion/complete": {
+      const ref = (req.params as { ref?: { type?: unknown; name?: unknown; uri?: unknown } } | null)?.ref;
+      if (ref?.type === "ref/prompt") return { kind: "prompt", key: String(ref.name ?? "") };
+      if (ref?.type === "ref/resource") return { kind: "resource", key: String(ref.uri ?? "") };
+      return { kind: "prompt", key: "" };
+    }
+    default:
+      return undefined;
   }
 }
 

@@ -30,7 +30,13 @@ import {
   type RequestId,
   type ServerNotification,
 } from "@modelcontextprotocol/sdk/types.js";
-import type { Bodies, GovernorClient, RuntimeConfig, UpstreamSpec } from "../governor/boundary.js";
+import type {
+  Bodies,
+  GovernorClient,
+  ListedKind,
+  RuntimeConfig,
+  UpstreamSpec,
+} from "../governor/boundary.js";
 import { redactArguments, redactResult } from "./redaction.js";
 import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
 import { UpstreamConnection } from "./upstream-connector.js";
@@ -65,6 +71,14 @@ const MAX_CATALOG_ITEMS = 10_000;
 /** Longer tool and prompt names are not exposed: receipts and the boundary cap names at this length. */
 const MAX_NAME_LENGTH = 1024;
 
+/** The URIs and URI templates of served resource definitions, as one comparable string. */
+function keysOf(defs: readonly Json[]): string {
+  return defs
+    .map((d) => String(d.uri ?? d.uriTemplate))
+    .sort()
+    .join("\n");
+}
+
 /** A JSON-RPC id as receipts name it: never empty (an id of "" is legal JSON-RPC). */
 function requestLabel(id: RequestId): string {
   const text = String(id);
@@ -75,6 +89,16 @@ interface Binding {
   server: string;
   name: string;
 }
+
+type RelistKind = "tools" | "prompts" | "resources";
+const ALL_KINDS: readonly RelistKind[] = ["tools", "prompts", "resources"];
+
+/** The list_changed notification of each kind, upstream and to the agent. */
+const LIST_CHANGED: Record<string, RelistKind> = {
+  "notifications/tools/list_changed": "tools",
+  "notifications/prompts/list_changed": "prompts",
+  "notifications/resources/list_changed": "resources",
+};
 
 export class ProxySession {
   readonly id: string;
@@ -90,9 +114,13 @@ export class ProxySession {
   #prompts: Map<string, Binding> | null = null;
   #resources: Map<string, string> | null = null;
   #templates: { server: string; template: UriTemplate }[] | null = null;
+  /** With a catalog: the resource and template definitions served, from the governor's last answer. */
+  #served: { resources: Json[]; templates: Json[] } | null = null;
+  /** Servers the governor isolated after drift: this session no longer lists or reaches them. */
+  readonly #isolated = new Set<string>();
   #closed = false;
   #relistTimer: NodeJS.Timeout | undefined;
-  #relisting = false;
+  readonly #relisting = new Set<RelistKind>();
   #relists = 0;
   #unsubscribe: () => void = () => undefined;
   /** Which upstream created each task this agent started: tasks/* go back to it. */
@@ -124,14 +152,15 @@ export class ProxySession {
     this.server.oninitialized = () => void this.#open().catch(() => undefined);
     const relistMs = ctx.config.catalog?.relistMs;
     if (relistMs !== undefined) {
-      this.#relistTimer = setInterval(() => void this.#relist(), relistMs);
+      this.#relistTimer = setInterval(() => void this.#relist(ALL_KINDS), relistMs);
       this.#relistTimer.unref();
     }
     this.server.onclose = () => void this.close("agent transport closed");
     this.#unsubscribe = ctx.pool.subscribe({
       onListChanged: (server, method) => {
         this.#invalidate();
-        if (ctx.config.catalog && method === "notifications/tools/list_changed") void this.#relist();
+        const kind = LIST_CHANGED[method];
+        if (ctx.config.catalog && kind) void this.#relist([kind]);
         void this.server.notification({ method } as never).catch(() => undefined);
         void ctx.gov
           .upstreamEvent({ server, session: this.id, event: "list_changed", detail: method })
@@ -262,6 +291,7 @@ export class ProxySession {
     });
     if (!d.allow && d.hold) return this.#hold(d, d.hold, method, target, extra);
     if (!d.allow) {
+      if (d.isolated) this.#dropIsolated(server);
       throw rpcError(
         RpcCode.denied,
         `denied by policy (${d.outcome}): ${d.reasons.join("; ") || "no reason given"}`,
@@ -474,12 +504,41 @@ export class ProxySession {
   async #serversWith(
     capability: "tools" | "resources" | "prompts" | "logging" | "completions",
   ): Promise<string[]> {
-    const names = [...this.#specs.keys()];
+    const names = [...this.#specs.keys()].filter((n) => !this.#isolated.has(n));
     const conns = await Promise.allSettled(names.map((n) => this.#upstream(n)));
     return names.filter((_, i) => {
       const c = conns[i]!;
       return c.status === "fulfilled" && c.value.serverCapabilities?.[capability] !== undefined;
     });
+  }
+
+  /**
+   * Reports one upstream's live listings to the governor, which compares them
+   * with the approved catalog and answers with what to expose. An isolated
+   * server is dropped from this session.
+   */
+  async #observed(
+    server: string,
+    lists: Partial<Record<ListedKind, Json[]>>,
+  ): Promise<NonNullable<Bodies["catalog_observed"]["rep"]["expose"]>> {
+    const listed = Object.keys(lists) as ListedKind[];
+    const r = await this.#ctx.gov.catalogObserved({
+      server,
+      ...(this.#ctx.config.catalog ? { session: this.id } : {}),
+      listed,
+      ...Object.fromEntries(listed.map((k) => [k, lists[k]!.slice(0, MAX_CATALOG_ITEMS)])),
+    });
+    if (r.isolated) this.#dropIsolated(server);
+    return r.expose ?? [];
+  }
+
+  /** The governor isolated this server after drift: stop listing it and close its connection. */
+  #dropIsolated(server: string): void {
+    if (this.#isolated.has(server)) return;
+    this.#isolated.add(server);
+    const conn = this.#upstreams.get(server);
+    this.#upstreams.delete(server);
+    void conn?.then((c) => c.close()).catch(() => undefined);
   }
 
   /**
@@ -507,21 +566,16 @@ export class ProxySession {
     );
     const bindings = new Map<string, Binding>();
     const exposed: Json[] = [];
-    if (key === "tools" && this.#ctx.config.catalog) {
+    if (this.#ctx.config.catalog) {
       // An approved catalog decides: agents see its definitions under its names, whatever the upstream says now.
+      const kind = capability === "tools" ? "tool" : "prompt";
       for (const { server, items, listed } of lists) {
-        // A failed listing says nothing about drift: that server's tools are just not offered this time.
+        // A failed listing says nothing about drift: that server's items are just not offered this time.
         if (!listed) continue;
-        const r = await this.#ctx.gov.catalogObserved({
-          server,
-          session: this.id,
-          tools: items.slice(0, MAX_CATALOG_ITEMS),
-          resources: [],
-          prompts: [],
-        });
-        for (const e of r.expose ?? []) {
-          bindings.set(e.name, { server, name: e.tool });
-          exposed.push({ ...(e.definition as Json), name: e.name });
+        for (const e of await this.#observed(server, { [capability]: items })) {
+          if (e.kind !== kind) continue;
+          bindings.set(e.name, { server, name: e.key });
+          exposed.push({ ...e.definition, name: e.name });
         }
       }
       return { items: exposed, bindings };
@@ -556,11 +610,7 @@ export class ProxySession {
           exposed.push(it);
         }
       }
-      if (key === "tools") {
-        void this.#ctx.gov
-          .catalogObserved({ server, tools: items.slice(0, MAX_CATALOG_ITEMS), resources: [], prompts: [] })
-          .catch(() => undefined);
-      }
+      if (key === "tools") void this.#observed(server, { tools: items }).catch(() => undefined);
     }
     return { items: exposed, bindings };
   }
@@ -570,30 +620,54 @@ export class ProxySession {
     const servers = await this.#serversWith("resources");
     const resources = new Map<string, string>();
     const templates: { server: string; template: UriTemplate }[] = [];
+    const served = { resources: [] as Json[], templates: [] as Json[] };
+    const addTemplate = (server: string, uriTemplate: string) => {
+      try {
+        templates.push({ server, template: new UriTemplate(uriTemplate) });
+        return true;
+      } catch {
+        this.#ctx.log(`upstream ${server} offers an unparsable resource template`);
+        return false;
+      }
+    };
     for (const s of servers) {
       const [rs, ts] = await Promise.all([
-        this.#listAll(s, "resources/list", "resources", extra).catch(() => [] as Json[]),
-        this.#listAll(s, "resources/templates/list", "resourceTemplates", extra).catch(() => [] as Json[]),
+        this.#listAll(s, "resources/list", "resources", extra).catch(() => null),
+        this.#listAll(s, "resources/templates/list", "resourceTemplates", extra).catch(() => null),
       ]);
-      for (const r of rs) if (typeof r.uri === "string" && !resources.has(r.uri)) resources.set(r.uri, s);
-      for (const t of ts) {
-        if (typeof t.uriTemplate !== "string") continue;
-        try {
-          templates.push({ server: s, template: new UriTemplate(t.uriTemplate) });
-        } catch {
-          this.#ctx.log(`upstream ${s} offers an unparsable resource template`);
+      if (this.#ctx.config.catalog) {
+        // Served from the catalog: the governor compares the live listings and answers with what is approved.
+        const lists: Partial<Record<ListedKind, Json[]>> = {
+          ...(rs ? { resources: rs } : {}),
+          ...(ts ? { resource_templates: ts } : {}),
+        };
+        if (!rs && !ts) continue;
+        for (const e of await this.#observed(s, lists)) {
+          if (e.kind === "resource" && !resources.has(e.key)) {
+            resources.set(e.key, s);
+            served.resources.push(e.definition);
+          } else if (e.kind === "resource_template" && addTemplate(s, e.key)) {
+            served.templates.push(e.definition);
+          }
         }
+        continue;
       }
+      for (const r of rs ?? [])
+        if (typeof r.uri === "string" && !resources.has(r.uri)) resources.set(r.uri, s);
+      for (const t of ts ?? []) if (typeof t.uriTemplate === "string") addTemplate(s, t.uriTemplate);
     }
     this.#resources = resources;
     this.#templates = templates;
+    this.#served = this.#ctx.config.catalog ? served : null;
   }
 
   async #serverForUri(uri: string, extra: Extra): Promise<string> {
     await this.#resourceIndex(extra);
     const direct = this.#resources!.get(uri);
     if (direct) return direct;
-    for (const { server, template } of this.#templates!) if (template.match(uri)) return server;
+    // A completion names the template itself; a read names a URI it covers.
+    for (const { server, template } of this.#templates!)
+      if (template.toString() === uri || template.match(uri)) return server;
     throw rpcError(RpcCode.unknownTarget, `no upstream offers resource ${uri.slice(0, 200)}`);
   }
 
@@ -602,6 +676,7 @@ export class ProxySession {
     this.#prompts = null;
     this.#resources = null;
     this.#templates = null;
+    this.#served = null;
   }
 
   #registerHandlers(): void {
@@ -660,6 +735,7 @@ export class ProxySession {
     s.setRequestHandler(ListResourcesRequestSchema, async (_req, extra) => {
       this.#resources = null;
       await this.#resourceIndex(extra as Extra);
+      if (this.#served) return { resources: this.#served.resources } as never;
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
       for (const sv of servers)
@@ -667,6 +743,11 @@ export class ProxySession {
       return { resources: all } as never;
     });
     s.setRequestHandler(ListResourceTemplatesRequestSchema, async (_req, extra) => {
+      if (this.#ctx.config.catalog) {
+        this.#templates = null;
+        await this.#resourceIndex(extra as Extra);
+        return { resourceTemplates: this.#served?.templates ?? [] } as never;
+      }
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
       for (const sv of servers) {
@@ -791,7 +872,8 @@ export class ProxySession {
           detail: method,
         });
         // With a catalog the change is checked now, not when the agent next lists.
-        if (this.#ctx.config.catalog && method === "notifications/tools/list_changed") await this.#relist();
+        const kind = LIST_CHANGED[method];
+        if (this.#ctx.config.catalog && kind) await this.#relist([kind]);
         await this.server.notification({ method } as never);
         return;
       }
@@ -803,28 +885,43 @@ export class ProxySession {
   }
 
   /**
-   * Lists every upstream's tools again so the governor compares them with the
-   * approved catalog (drift), and tells the agent if what it may see changed.
+   * Lists the upstreams' tools, prompts or resources again so the governor
+   * compares them with the approved catalog (drift), and tells the agent when
+   * what it may see changed.
    */
-  async #relist(): Promise<void> {
-    if (this.#closed || this.#relisting) return;
-    this.#relisting = true;
-    try {
-      const before = this.#tools ? [...this.#tools.keys()].sort().join("\n") : null;
-      const n = ++this.#relists;
-      const extra: Extra = {
-        signal: AbortSignal.timeout(60_000),
-        requestId: `cmcp-relist-${n}`,
-        sendNotification: async () => undefined,
-      };
-      const { bindings } = await this.#aggregate("tools", "tools/list", "tools", extra);
-      this.#tools = bindings;
-      if (before !== null && before !== [...bindings.keys()].sort().join("\n"))
-        await this.server.notification({ method: "notifications/tools/list_changed" } as never);
-    } catch (err) {
-      this.#ctx.log(`re-listing tools for the catalog check failed: ${(err as Error).message}`);
-    } finally {
-      this.#relisting = false;
+  async #relist(kinds: readonly RelistKind[]): Promise<void> {
+    for (const kind of kinds) {
+      if (this.#closed || this.#relisting.has(kind)) continue;
+      this.#relisting.add(kind);
+      try {
+        const n = ++this.#relists;
+        const extra: Extra = {
+          signal: AbortSignal.timeout(60_000),
+          requestId: `cmcp-relist-${n}`,
+          sendNotification: async () => undefined,
+        };
+        let before: string | null;
+        let after: string;
+        if (kind === "resources") {
+          before = this.#served ? keysOf([...this.#served.resources, ...this.#served.templates]) : null;
+          this.#resources = null;
+          await this.#resourceIndex(extra);
+          after = keysOf([...(this.#served?.resources ?? []), ...(this.#served?.templates ?? [])]);
+        } else {
+          const held = kind === "tools" ? this.#tools : this.#prompts;
+          before = held ? [...held.keys()].sort().join("\n") : null;
+          const { bindings } = await this.#aggregate(kind, `${kind}/list`, kind, extra);
+          if (kind === "tools") this.#tools = bindings;
+          else this.#prompts = bindings;
+          after = [...bindings.keys()].sort().join("\n");
+        }
+        if (before !== null && before !== after)
+          await this.server.notification({ method: `notifications/${kind}/list_changed` } as never);
+      } catch (err) {
+        this.#ctx.log(`re-listing ${kind} for the catalog check failed: ${(err as Error).message}`);
+      } finally {
+        this.#relisting.delete(kind);
+      }
     }
   }
 

@@ -13,6 +13,7 @@ import { snapshotCatalog } from "../../governor/catalog-snapshot.js";
 import {
   bin,
   connectClient,
+  liveReceipts,
   startTestGateway,
   type TestGateway,
   verifiedReceipts,
@@ -192,6 +193,120 @@ describe("the approved catalog in the running gateway", () => {
       action: "server_not_in_catalog",
     });
     expect(all.some((r) => r.subject.server === "memory" && r.type === "decision")).toBe(false);
+  });
+});
+
+describe("prompts and resources under the approved catalog", () => {
+  type Drift = { subject: Record<string, unknown>; data: Record<string, unknown> };
+  const driftReceipts = async (tg: TestGateway, live = false) =>
+    (await (live ? liveReceipts(tg) : verifiedReceipts(tg))).filter(
+      (r) => r.type === "drift",
+    ) as unknown as Drift[];
+
+  it("serves approved prompts, resources and templates; a prompt changed with list_changed is drift and denied", async () => {
+    const entry = await driftingPackage();
+    const ups = [drifting("ledger", entry, "--mutate-after", "1", "--mutate", "prompt", "--notify")];
+    const { tg, client } = await start(ups, await approved(ups), {
+      measurement_interval_seconds: 3600,
+      on_drift: "deny_tool",
+    });
+    expect((await client.listPrompts()).prompts).toEqual([
+      expect.objectContaining({ name: "summarise", description: "Summarises the ledger." }),
+    ]);
+    expect((await client.getPrompt({ name: "summarise" })).messages).toHaveLength(1);
+    const resources = (await client.listResources()).resources;
+    expect(resources.map((r) => r.uri).sort()).toEqual(["ledger://readme", "ledger://records/alpha"]);
+    expect((await client.listResourceTemplates()).resourceTemplates.map((t) => t.uriTemplate)).toEqual([
+      "ledger://records/{key}",
+    ]);
+    // Not listed, but covered by the approved template.
+    expect((await client.readResource({ uri: "ledger://records/zeta" })).contents[0]).toMatchObject({
+      text: "content of ledger://records/zeta",
+    });
+    await expect(client.readResource({ uri: "ledger://elsewhere" })).rejects.toThrow(/no upstream offers/);
+
+    await client.callTool({ name: "lookup", arguments: { key: "a" } });
+    await vi.waitFor(
+      async () => expect(client.getPrompt({ name: "summarise" })).rejects.toThrow(/unknown prompt|drifted/),
+      { timeout: 20_000, interval: 200 },
+    );
+    expect((await client.listPrompts()).prompts).toEqual([]);
+    // Tools and resources of the same server are untouched by a prompt's drift.
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(["count", "lookup"]);
+    expect((await client.readResource({ uri: "ledger://readme" })).contents).toHaveLength(1);
+    const drift = await driftReceipts(tg);
+    expect(drift).toHaveLength(1);
+    expect(drift[0]).toMatchObject({
+      subject: { server: "ledger", prompt: "summarise" },
+      data: { kind: "definition", item_kind: "prompt", action: "deny_tool", applied: "item_denied" },
+    });
+    expect(drift[0]!.data.changes).toEqual([
+      expect.objectContaining({ path: "/description", op: "changed" }),
+    ]);
+    expect(JSON.stringify(drift[0]!.data)).toContain("aws/credentials");
+  });
+
+  it("finds a resource changed without notice at the sealed cadence, isolates the server, and stops listing it", async () => {
+    const entry = await driftingPackage();
+    const ups = [drifting("ledger", entry, "--mutate-after", "1", "--mutate", "resource")];
+    const { tg, client } = await start(ups, await approved(ups), {
+      measurement_interval_seconds: 1,
+      on_drift: "isolate_server",
+    });
+    const first = await client.listResources();
+    expect(first.resources.find((r) => r.uri === "ledger://readme")?.description).toBe(
+      "How the ledger works.",
+    );
+    await client.callTool({ name: "lookup", arguments: { key: "a" } });
+    await vi.waitFor(
+      async () =>
+        expect(client.readResource({ uri: "ledger://readme" })).rejects.toThrow(
+          /no upstream offers|isolated after drift/,
+        ),
+      { timeout: 30_000, interval: 250 },
+    );
+    // Isolated, the server is no longer re-listed by this session at each cadence.
+    const ledgerDecisions = async () =>
+      (await liveReceipts(tg)).filter((r) => r.type === "decision" && r.subject.server === "ledger").length;
+    const settled = await ledgerDecisions();
+    await new Promise((r) => setTimeout(r, 3500));
+    expect(await ledgerDecisions()).toBe(settled);
+    expect(JSON.stringify(await client.listResources())).not.toContain("collector.example");
+    const drift = await driftReceipts(tg);
+    expect(drift[0]).toMatchObject({
+      subject: { server: "ledger", resource: "ledger://readme" },
+      data: { kind: "definition", item_kind: "resource", applied: "server_isolated" },
+    });
+  });
+
+  it("neither lists nor reads a resource that appears outside the catalog, and records it once", async () => {
+    const entry = await driftingPackage();
+    const ups = [drifting("ledger", entry, "--mutate-after", "1", "--mutate", "new-resource", "--notify")];
+    const { tg, client } = await start(ups, await approved(ups), {
+      measurement_interval_seconds: 3600,
+      on_drift: "deny_tool",
+    });
+    await client.listResources();
+    await client.callTool({ name: "lookup", arguments: { key: "a" } });
+    await vi.waitFor(async () => expect((await driftReceipts(tg, true)).length).toBeGreaterThan(0), {
+      timeout: 20_000,
+      interval: 200,
+    });
+    expect((await client.listResources()).resources.map((r) => r.uri).sort()).toEqual([
+      "ledger://readme",
+      "ledger://records/alpha",
+    ]);
+    await expect(client.readResource({ uri: "ledger://extra" })).rejects.toThrow(/no upstream offers/);
+    const drift = await driftReceipts(tg);
+    expect(drift).toHaveLength(1);
+    expect(drift[0]).toMatchObject({
+      subject: { server: "ledger" },
+      data: {
+        kind: "unapproved_resource",
+        applied: "none",
+        changes: [{ path: "/ledger:~1~1extra", op: "added" }],
+      },
+    });
   });
 });
 

@@ -283,8 +283,19 @@ describe("snapshot of odd and failing servers", () => {
     ] as const)
       for (const t of s.tools) expect(t.alias).toBe(`${prefix}.${t.tool.name}`);
     const collisions = r.findings.filter((f) => f.ruleId === "catalog.name-collision");
-    expect(collisions.length).toBe(a!.tools.length * 2);
-    expect(collisions.every((f) => f.severity === "medium")).toBe(true);
+    const tools = collisions.filter((f) => f.tool !== null);
+    expect(tools.length).toBe(a!.tools.length * 2);
+    expect(tools.every((f) => f.severity === "medium")).toBe(true);
+    // Both offer the resource memory://knowledge-graph: a URI stays with the first server, and the reviewer is told.
+    expect(collisions.filter((f) => f.tool === null)).toEqual([
+      expect.objectContaining({
+        server: "mem2",
+        severity: "high",
+        item: { kind: "resource", key: "memory://knowledge-graph" },
+      }),
+    ]);
+    expect(a!.resources.map((x) => x.resource.uri)).toEqual(["memory://knowledge-graph"]);
+    expect(b!.resources).toEqual([]);
   });
 });
 

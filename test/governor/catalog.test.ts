@@ -208,6 +208,43 @@ describe("catalog format", () => {
     );
   });
 
+  it("binds prompt names, resource URIs and URI templates to one server as well", () => {
+    const prompt = { name: "brief" };
+    const pe = (alias?: string) => ({
+      prompt,
+      sha256: definitionHash(prompt, "prompt"),
+      ...(alias !== undefined ? { alias } : {}),
+    });
+    const clash = catalog([server("one", [], { prompts: [pe()] }), server("two", [], { prompts: [pe()] })]);
+    expect(parseError(text(clash))).toMatchObject({ code: "catalog.collision" });
+    expect(parseError(text(clash)).message).toMatch(/prompt name "brief".*alias/);
+    const idx = catalogIndex(
+      parseCatalog(
+        text(
+          catalog([
+            server("one", [], { prompts: [pe()] }),
+            server("two", [], { prompts: [pe("two.brief")] }),
+          ]),
+        ),
+      ),
+    );
+    expect(idx.exposed.prompt.get("two.brief")).toMatchObject({ server: "two", key: "brief" });
+
+    const res = { uri: "demo://a", name: "a" };
+    const re = { resource: res, sha256: definitionHash(res, "resource") };
+    const twice = catalog([server("one", [], { resources: [re] }), server("two", [], { resources: [re] })]);
+    expect(parseError(text(twice)).message).toMatch(
+      /resource URI "demo:\/\/a" .* approve it for one of them only/,
+    );
+    const tpl = { uriTemplate: "demo://{x}", name: "x" };
+    const te = { template: tpl, sha256: definitionHash(tpl, "resource_template") };
+    const both = catalog([
+      server("one", [], { resource_templates: [te] }),
+      server("two", [], { resource_templates: [te] }),
+    ]);
+    expect(parseError(text(both)).code).toBe("catalog.collision");
+  });
+
   it("binds a tool name to one server: a collision without an alias is refused", () => {
     const clash = catalog([server("one", [echo]), server("two", [echo])]);
     const e = parseError(text(clash));
@@ -222,9 +259,9 @@ describe("catalog format", () => {
       { ...server("two", []), tools: [toolEntry(echo, "two.echo")] },
     ]);
     const idx = catalogIndex(parseCatalog(text(aliased)));
-    expect(idx.tools.get("echo")?.server).toBe("one");
-    expect(idx.tools.get("two.echo")).toMatchObject({ server: "two", name: "echo" });
-    expect(idx.toolsByServer.get("two")?.get("echo")?.exposed).toBe("two.echo");
+    expect(idx.exposed.tool.get("echo")?.server).toBe("one");
+    expect(idx.exposed.tool.get("two.echo")).toMatchObject({ server: "two", key: "echo" });
+    expect(idx.byServer.get("two")?.tool.get("echo")?.exposed).toBe("two.echo");
 
     // An alias may not take another tool's name either.
     const stolen = catalog([

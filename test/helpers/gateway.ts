@@ -16,7 +16,7 @@ import { canonicalBytes } from "../../artifacts/canonical-json.js";
 import type { Receipt } from "../../artifacts/receipt.js";
 import { parseJson } from "../../artifacts/strict-json.js";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
-import { exportBundle } from "../../governor/export-bundle.js";
+import { exportBundle, exportFromSource, liveSource } from "../../governor/export-bundle.js";
 import { toBase64 } from "../../artifacts/encoding.js";
 import { generateSigner, signerFromSeed, type Signer } from "../../artifacts/keys.js";
 import { artifactTime, sealArtifact, type PolicyArtifact } from "../../artifacts/policy-artifact.js";
@@ -216,6 +216,15 @@ export async function connectClient(
  * Stops the gateway, exports its chain, checks that every verifier step
  * passes with its epoch key and artifact issuer anchored, and returns the receipts.
  */
+/** The receipts so far, read from the running gateway (not verified; verifiedReceipts does that at the end). */
+export async function liveReceipts(tg: TestGateway): Promise<Receipt[]> {
+  const out = join(tg.dir, `live-${randomBytes(4).toString("hex")}.json`);
+  await exportFromSource(await liveSource(tg.gateway.chain), out);
+  const receipts = (parseJson(await readFile(out)) as { receipts: Receipt[] }).receipts;
+  await rm(out, { force: true });
+  return receipts;
+}
+
 export async function verifiedReceipts(tg: TestGateway): Promise<Receipt[]> {
   await tg.stop();
   const out = join(tg.dir, "bundle.json");
