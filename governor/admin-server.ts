@@ -5,16 +5,17 @@
  * a JSON line, followed for `export` by the bundle's bytes.
  */
 import { createReadStream } from "node:fs";
-import { chmod, mkdtemp, rm, stat, unlink } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, stat, unlink } from "node:fs/promises";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { pipeline } from "node:stream/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { parseJson } from "../artifacts/strict-json.js";
 import { exportFromSource, liveSource } from "./export-bundle.js";
 import type { Gateway } from "./gateway.js";
 
-export const ADMIN_SOCKET = "admin.sock";
+/** Inside a directory of its own (mode 0700), so the socket is never reachable by others, even before its chmod. */
+export const ADMIN_SOCKET = "admin/admin.sock";
 /** A request is one short JSON line; anything longer is not a request. */
 const MAX_REQUEST_BYTES = 64 * 1024;
 
@@ -38,6 +39,10 @@ export class AdminServer {
 
   static async start(gateway: Gateway, dataDir: string): Promise<AdminServer> {
     const path = join(dataDir, ADMIN_SOCKET);
+    const dir = dirname(path);
+    await mkdir(dir, { mode: 0o700, recursive: true });
+    // mkdir leaves an existing directory's mode alone, and the umask may have narrowed a new one: set it.
+    await chmod(dir, 0o700);
     // A socket file left by a crashed governor; the data-dir lock guarantees no live one owns it.
     await unlink(path).catch(() => undefined);
     const server = createServer();
@@ -45,7 +50,6 @@ export class AdminServer {
     server.on("connection", (socket) => admin.#serve(socket));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      // Restricted by the chmod right after listen; until then the umask decides (the runtime is not started yet).
       server.listen(path, () => resolve());
     });
     await chmod(path, 0o600);

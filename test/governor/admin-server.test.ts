@@ -1,6 +1,6 @@
 import { createWriteStream } from "node:fs";
 import { stat } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyBundleFile } from "../../artifacts/verifier/verify-bundle.js";
 import { adminRequest } from "../../governor/admin-server.js";
@@ -20,6 +20,10 @@ describe("admin interface", () => {
     expect(st.isSocket()).toBe(true);
     expect(st.mode & 0o777).toBe(0o600);
     expect(st.uid).toBe(process.getuid!());
+    // Bound inside a private directory, so no umask can leave it open between listen and chmod.
+    const dir = await stat(dirname(tg.gateway.adminSocket!));
+    expect(dir.mode & 0o777).toBe(0o700);
+    expect(dir.uid).toBe(process.getuid!());
   });
 
   it("reports status", async () => {
