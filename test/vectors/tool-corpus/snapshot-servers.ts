@@ -1,9 +1,11 @@
-// Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json.
+// Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json (round 1) or
+// round-2/benign/<server>.json (round 2, a held-out set of servers not in round 1).
 // Run from the repository root: node --import tsx test/vectors/tool-corpus/snapshot-servers.ts [options]
-//   --only a,b      snapshot only these servers (by `name` below, including ones marked `skip`)
+//   --round N       which pinned list to snapshot: 1 (default, SERVERS) or 2 (ROUND_2_SERVERS)
+//   --only a,b      snapshot only these servers of the round (by `name` below, including ones marked `skip`)
 //   --scratch DIR   install directory (default: $TMPDIR/cmcp-tool-corpus, outside the repository)
 //   --all           also try the servers marked `skip` (known to fail offline)
-//   --list          print the pinned list and exit
+//   --list          print the round's pinned list and exit
 // Each server is installed into its own prefix under the scratch directory (reused on rerun when the
 // pinned version is already there), started over stdio with the official SDK client, and asked for
 // tools/list (following cursors). A server that fails is reported and skipped.
@@ -17,7 +19,7 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { z } from "zod";
 
 export interface ServerSpec {
-  /** Safe file name of the snapshot (benign/<name>.json). */
+  /** Safe file name of the snapshot (<round's directory>/<name>.json); unique across rounds. */
   name: string;
   /** npm package and exact version. */
   pkg: string;
@@ -27,6 +29,8 @@ export interface ServerSpec {
   args?: string[];
   /** Dummy values for servers that need a key only to start; never real credentials. */
   env?: Record<string, string>;
+  /** Dummy files (path relative to the server's sandbox: content) written before it starts. */
+  files?: Record<string, string>;
   /** Run install scripts (default false). */
   scripts?: boolean;
   /** Known not to list tools on this machine (offline, no native builds): why. Tried only with --all. */
@@ -36,9 +40,29 @@ export interface ServerSpec {
 // Dummy credential used wherever a server insists on a key to start.
 const DUMMY = "dummy-not-a-real-key-0000";
 
-// Scratch-relative placeholders replaced at run time.
+// For a server that rejects keys containing "key" or "api".
+const DUMMY_NO_WORDS = "dummy0000.notreal0000";
+
+// Dummy Google OAuth client and (unexpired) tokens, for servers that read them from files to start.
+const GOOGLE_OAUTH_CLIENT = {
+  installed: {
+    client_id: "0000-dummy.apps.googleusercontent.com",
+    client_secret: DUMMY,
+    redirect_uris: ["http://127.0.0.1:9"],
+  },
+};
+const GOOGLE_TOKENS = {
+  access_token: DUMMY,
+  refresh_token: DUMMY,
+  token_type: "Bearer",
+  scope: "",
+  expiry_date: Date.UTC(2100, 0, 1),
+};
+
+// Scratch-relative placeholder replaced at run time in args and env values: the server's sandbox.
 const SANDBOX = "${SANDBOX}";
 
+/** Round 1: the servers of the frozen corpus in benign/. */
 export const SERVERS: ServerSpec[] = [
   { name: "server-everything", pkg: "@modelcontextprotocol/server-everything", version: "2026.8.31" },
   {
@@ -263,13 +287,284 @@ export const SERVERS: ServerSpec[] = [
   },
 ];
 
+/**
+ * Round 2: a held-out set of servers, none of them in round 1 (checked at run time), pinned to the
+ * latest version on the day they were chosen, before any round-2 measurement.
+ */
+export const ROUND_2_SERVERS: ServerSpec[] = [
+  {
+    name: "server-gdrive",
+    pkg: "@modelcontextprotocol/server-gdrive",
+    version: "2025.1.14",
+    env: { GDRIVE_CREDENTIALS_PATH: SANDBOX + "/credentials.json" },
+    files: { "credentials.json": JSON.stringify(GOOGLE_TOKENS) },
+  },
+  {
+    name: "lark-mcp",
+    pkg: "@larksuiteoapi/lark-mcp",
+    version: "0.5.1",
+    args: ["mcp", "-a", "cli_dummy0000", "-s", DUMMY],
+  },
+  {
+    name: "amap-maps-mcp-server",
+    pkg: "@amap/amap-maps-mcp-server",
+    version: "0.0.8",
+    env: { AMAP_MAPS_API_KEY: DUMMY },
+  },
+  {
+    name: "baidu-map-mcp-server",
+    pkg: "@baidumap/mcp-server-baidu-map",
+    version: "1.0.5",
+    env: { BAIDU_MAP_API_KEY: DUMMY },
+  },
+  {
+    name: "line-bot-mcp-server",
+    pkg: "@line/line-bot-mcp-server",
+    version: "0.5.0",
+    env: { CHANNEL_ACCESS_TOKEN: DUMMY, DESTINATION_USER_ID: "U00000000000000000000000000000000" },
+  },
+  {
+    name: "mapbox-mcp-server",
+    pkg: "@mapbox/mcp-server",
+    version: "0.14.0",
+    env: { MAPBOX_ACCESS_TOKEN: "pk." + DUMMY },
+  },
+  { name: "pinecone-mcp", pkg: "@pinecone-database/mcp", version: "0.3.0", env: { PINECONE_API_KEY: DUMMY } },
+  {
+    name: "elasticsearch-mcp-server",
+    pkg: "@elastic/mcp-server-elasticsearch",
+    version: "0.3.1",
+    env: { ES_URL: "http://127.0.0.1:9", ES_API_KEY: DUMMY },
+  },
+  {
+    name: "neon-mcp-server",
+    pkg: "@neondatabase/mcp-server-neon",
+    version: "0.6.5",
+    args: ["start", DUMMY],
+    skip: "npm install fetches a dependency tarball from GitHub (only the npm registry is reachable)",
+  },
+  {
+    name: "upstash-mcp-server",
+    pkg: "@upstash/mcp-server",
+    version: "0.3.0",
+    args: ["run", "dummy@example.invalid", DUMMY],
+    env: { UPSTASH_EMAIL: "dummy@example.invalid", UPSTASH_API_KEY: DUMMY },
+    skip: "calls the Upstash API before it starts (no network here)",
+  },
+  {
+    name: "twilio-mcp",
+    pkg: "@twilio-alpha/mcp",
+    version: "0.7.0",
+    args: ["AC00000000000000000000000000000000/SK00000000000000000000000000000000:" + DUMMY],
+  },
+  {
+    name: "lara-mcp",
+    pkg: "@translated/lara-mcp",
+    version: "1.0.6",
+    env: { LARA_ACCESS_KEY_ID: DUMMY, LARA_ACCESS_KEY_SECRET: DUMMY },
+  },
+  {
+    name: "apify-actors-mcp-server",
+    pkg: "@apify/actors-mcp-server",
+    version: "0.16.0",
+    env: { APIFY_TOKEN: DUMMY },
+    skip: "refuses to start on Node 20 (needs Node 22+)",
+  },
+  { name: "currents-mcp", pkg: "@currents/mcp", version: "2.1.1", env: { CURRENTS_API_KEY: DUMMY } },
+  { name: "browsermcp", pkg: "@browsermcp/mcp", version: "0.1.3" },
+  {
+    name: "monday-api-mcp",
+    pkg: "@mondaydotcomorg/monday-api-mcp",
+    version: "3.3.0",
+    args: ["-t", DUMMY],
+  },
+  { name: "ms-365-mcp-server", pkg: "@softeria/ms-365-mcp-server", version: "0.155.0" },
+  {
+    name: "google-calendar-mcp",
+    pkg: "@cocal/google-calendar-mcp",
+    version: "2.6.3",
+    env: {
+      GOOGLE_OAUTH_CREDENTIALS: SANDBOX + "/gcp-oauth.keys.json",
+      GOOGLE_CALENDAR_MCP_TOKEN_PATH: SANDBOX + "/tokens.json",
+    },
+    files: {
+      "gcp-oauth.keys.json": JSON.stringify(GOOGLE_OAUTH_CLIENT),
+      // Tokens are stored per account; "normal" is the default account.
+      "tokens.json": JSON.stringify({ normal: GOOGLE_TOKENS }),
+    },
+  },
+  {
+    name: "salesforce-mcp",
+    pkg: "@salesforce/mcp",
+    version: "0.30.15",
+    args: ["--orgs", "DEFAULT_TARGET_ORG", "--toolsets", "all"],
+    skip: "its undici needs zlib zstd (Node 22.15+) and crashes on load",
+  },
+  {
+    name: "asana-mcp-server",
+    pkg: "@roychri/mcp-server-asana",
+    version: "1.8.0",
+    env: { ASANA_ACCESS_TOKEN: DUMMY },
+  },
+  {
+    name: "postman-mcp-server",
+    pkg: "@postman/postman-mcp-server",
+    version: "2.13.0",
+    env: { POSTMAN_API_KEY: "PMAK-" + DUMMY },
+  },
+  { name: "mui-mcp", pkg: "@mui/mcp", version: "0.1.6" },
+  { name: "drawio-mcp", pkg: "@drawio/mcp", version: "1.6.1" },
+  { name: "mobile-mcp", pkg: "@mobilenext/mobile-mcp", version: "1.0.4" },
+  { name: "cloudbase-mcp", pkg: "@cloudbase/cloudbase-mcp", version: "2.34.6" },
+  { name: "codacy-mcp", pkg: "@codacy/codacy-mcp", version: "0.5.9", env: { CODACY_ACCOUNT_TOKEN: DUMMY } },
+  { name: "hostinger-api-mcp", pkg: "hostinger-api-mcp", version: "1.63.2", env: { API_TOKEN: DUMMY } },
+  { name: "instantdb-mcp", pkg: "@instantdb/mcp", version: "1.0.67", args: ["--token", DUMMY] },
+  { name: "shopify-dev-mcp", pkg: "@shopify/dev-mcp", version: "1.16.0" },
+  { name: "netlify-mcp", pkg: "@netlify/mcp", version: "1.15.1" },
+  { name: "nx-mcp", pkg: "nx-mcp", version: "0.25.0", args: [SANDBOX] },
+  {
+    name: "replicate-mcp",
+    pkg: "replicate-mcp",
+    version: "0.9.0",
+    env: { REPLICATE_API_TOKEN: "r8_" + DUMMY },
+  },
+  { name: "todoist-mcp", pkg: "@doist/todoist-mcp", version: "11.0.0", env: { TODOIST_API_KEY: DUMMY } },
+  { name: "airbnb-mcp-server", pkg: "@openbnb/mcp-server-airbnb", version: "0.3.0" },
+  { name: "brightdata-mcp", pkg: "@brightdata/mcp", version: "2.11.3", env: { API_TOKEN: DUMMY } },
+  {
+    name: "zai-mcp-server",
+    pkg: "@z_ai/mcp-server",
+    version: "0.1.5",
+    env: { Z_AI_API_KEY: DUMMY_NO_WORDS },
+  },
+  {
+    name: "cloudflare-mcp-server",
+    pkg: "@cloudflare/mcp-server-cloudflare",
+    version: "0.2.0",
+    args: ["run", "00000000000000000000000000000000"],
+    env: { CLOUDFLARE_API_TOKEN: DUMMY },
+  },
+  {
+    name: "auth0-mcp-server",
+    pkg: "@auth0/auth0-mcp-server",
+    version: "0.1.0-beta.19",
+    args: ["run"],
+    skip: "needs the native keytar module, whose install script downloads a prebuilt binary",
+  },
+  { name: "googlemaps-code-assist-mcp", pkg: "@googlemaps/code-assist-mcp", version: "0.2.1" },
+  { name: "cloud-run-mcp", pkg: "@google-cloud/cloud-run-mcp", version: "1.10.0" },
+  {
+    name: "argocd-mcp",
+    pkg: "argocd-mcp",
+    version: "0.9.0",
+    args: ["stdio"],
+    env: { ARGOCD_BASE_URL: "http://127.0.0.1:9", ARGOCD_API_TOKEN: DUMMY },
+  },
+  { name: "kazuph-mcp-fetch", pkg: "@kazuph/mcp-fetch", version: "1.6.3" },
+  {
+    name: "mcp-server-sqlite-npx",
+    pkg: "mcp-server-sqlite-npx",
+    version: "0.8.0",
+    args: [SANDBOX + "/db.sqlite"],
+    skip: "needs the native sqlite3 module, whose install script downloads a prebuilt binary",
+  },
+  {
+    name: "mcp-server-mysql",
+    pkg: "@benborla29/mcp-server-mysql",
+    version: "2.0.9",
+    env: {
+      MYSQL_HOST: "127.0.0.1",
+      MYSQL_PORT: "9",
+      MYSQL_USER: "dummy",
+      MYSQL_PASS: DUMMY,
+      MYSQL_DB: "dummy",
+    },
+    skip: "tests its MySQL connection at startup and exits when it fails; needs a live MySQL server",
+  },
+  {
+    name: "gmail-autoauth-mcp",
+    pkg: "@gongrzhe/server-gmail-autoauth-mcp",
+    version: "1.1.11",
+    env: {
+      GMAIL_OAUTH_PATH: SANDBOX + "/gcp-oauth.keys.json",
+      GMAIL_CREDENTIALS_PATH: SANDBOX + "/credentials.json",
+    },
+    files: {
+      "gcp-oauth.keys.json": JSON.stringify(GOOGLE_OAUTH_CLIENT),
+      "credentials.json": JSON.stringify(GOOGLE_TOKENS),
+    },
+  },
+  {
+    name: "browserbase-mcp",
+    pkg: "@browserbasehq/mcp-server-browserbase",
+    version: "2.4.3",
+    env: { BROWSERBASE_API_KEY: DUMMY, BROWSERBASE_PROJECT_ID: "dummy", GEMINI_API_KEY: DUMMY },
+  },
+  {
+    name: "youtube-transcript-mcp",
+    pkg: "@kimtaeyoon83/mcp-server-youtube-transcript",
+    version: "0.1.1",
+  },
+  { name: "mcp-webresearch", pkg: "@mzxrai/mcp-webresearch", version: "0.1.7" },
+  {
+    name: "freee-mcp",
+    pkg: "freee-mcp",
+    version: "0.35.2",
+    env: { FREEE_CLIENT_ID: "dummy", FREEE_CLIENT_SECRET: DUMMY },
+  },
+  { name: "mcp-mermaid", pkg: "mcp-mermaid", version: "0.4.1" },
+  { name: "browser-tools-mcp", pkg: "@agentdeskai/browser-tools-mcp", version: "2.0.2" },
+  {
+    name: "magic-21st",
+    pkg: "@21st-dev/magic",
+    version: "0.2.3",
+    env: { API_KEY: DUMMY },
+    skip: "proxies everything to 21st.dev's hosted MCP endpoint (no network here)",
+  },
+  {
+    name: "dynatrace-mcp-server",
+    pkg: "@dynatrace-oss/dynatrace-mcp-server",
+    version: "2.1.2",
+    env: { DT_ENVIRONMENT: "https://dummy.apps.dynatrace.com" },
+    skip: "its undici needs webidl markAsUncloneable (newer Node than 20) and crashes on load",
+  },
+  {
+    name: "tacticlaunch-mcp-linear",
+    pkg: "@tacticlaunch/mcp-linear",
+    version: "1.4.3",
+    env: { LINEAR_API_TOKEN: "lin_api_" + DUMMY },
+  },
+];
+
+interface Round {
+  servers: ServerSpec[];
+  /** Output directory, relative to this file's directory. */
+  outDir: string;
+}
+
+const ROUNDS: Record<1 | 2, Round> = {
+  1: { servers: SERVERS, outDir: "benign" },
+  2: { servers: ROUND_2_SERVERS, outDir: join("round-2", "benign") },
+};
+
+/** Names and packages of a later round must not appear in an earlier one (nor twice in any round). */
+function checkRounds(): void {
+  const seen = new Map<string, string>();
+  for (const [round, { servers }] of Object.entries(ROUNDS))
+    for (const s of servers)
+      for (const key of [`name ${s.name}`, `package ${s.pkg}`]) {
+        const first = seen.get(key);
+        if (first !== undefined) throw new Error(`${key} is pinned in round ${first} and round ${round}`);
+        seen.set(key, round);
+      }
+}
+
 const INSTALL_TIMEOUT_MS = 420_000;
 const CONNECT_TIMEOUT_MS = 60_000;
 const LIST_TIMEOUT_MS = 30_000;
 const MAX_PAGES = 50;
 
 const here = dirname(fileURLToPath(import.meta.url));
-const outDir = join(here, "benign");
 
 function log(msg: string): void {
   process.stdout.write(msg + "\n");
@@ -372,11 +667,17 @@ async function listTools(spec: ServerSpec, entry: string, scratch: string): Prom
   mkdirSync(sandbox, { recursive: true });
   mkdirSync(home, { recursive: true });
   const sub = (s: string): string => s.split(SANDBOX).join(sandbox);
+  for (const [rel, content] of Object.entries(spec.files ?? {})) {
+    const file = join(sandbox, rel);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, content);
+  }
+  const env = Object.fromEntries(Object.entries(spec.env ?? {}).map(([k, v]) => [k, sub(v)]));
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [entry, ...(spec.args ?? []).map(sub)],
     // getDefaultEnvironment() is merged in by the SDK; HOME points at scratch so servers keep no state in ours.
-    env: { HOME: home, NODE_ENV: "production", NO_UPDATE_NOTIFIER: "1", DO_NOT_TRACK: "1", ...spec.env },
+    env: { HOME: home, NODE_ENV: "production", NO_UPDATE_NOTIFIER: "1", DO_NOT_TRACK: "1", ...env },
     cwd: sandbox,
     stderr: "pipe",
   });
@@ -421,7 +722,7 @@ async function listTools(spec: ServerSpec, entry: string, scratch: string): Prom
   }
 }
 
-async function snapshot(spec: ServerSpec, scratch: string): Promise<number> {
+async function snapshot(spec: ServerSpec, scratch: string, outDir: string): Promise<number> {
   const prefix = await install(spec, scratch);
   const entry = entryPoint(spec, prefix);
   const shown = (spec.args ?? []).map((a) => a.split(SANDBOX).join(join(scratch, "sandbox", spec.name)));
@@ -442,17 +743,25 @@ async function snapshot(spec: ServerSpec, scratch: string): Promise<number> {
 }
 
 interface Options {
+  round: 1 | 2;
   only?: Set<string>;
   scratch: string;
   list: boolean;
   all: boolean;
 }
 
+function parseRound(a: string | undefined): 1 | 2 {
+  if (a === "1") return 1;
+  if (a === "2") return 2;
+  throw new Error(`--round takes 1 or 2, not ${a ?? "nothing"}`);
+}
+
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { scratch: join(tmpdir(), "cmcp-tool-corpus"), list: false, all: false };
+  const opts: Options = { round: 1, scratch: join(tmpdir(), "cmcp-tool-corpus"), list: false, all: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === "--only") opts.only = new Set((argv[++i] ?? "").split(",").filter(Boolean));
+    if (a === "--round") opts.round = parseRound(argv[++i]);
+    else if (a === "--only") opts.only = new Set((argv[++i] ?? "").split(",").filter(Boolean));
     else if (a === "--scratch") opts.scratch = resolve(argv[++i] ?? opts.scratch);
     else if (a === "--list") opts.list = true;
     else if (a === "--all") opts.all = true;
@@ -463,18 +772,21 @@ function parseArgs(argv: string[]): Options {
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
+  checkRounds();
+  const { servers, outDir: rel } = ROUNDS[opts.round];
+  const outDir = join(here, rel);
   if (opts.list) {
-    for (const s of SERVERS) log(`${s.name}\t${s.pkg}@${s.version}${s.skip ? `\tskip: ${s.skip}` : ""}`);
+    for (const s of servers) log(`${s.name}\t${s.pkg}@${s.version}${s.skip ? `\tskip: ${s.skip}` : ""}`);
     return;
   }
   const repo = resolve(here, "../../..");
   if (resolve(opts.scratch).startsWith(repo + "/"))
     throw new Error("scratch directory must be outside the repository");
   mkdirSync(outDir, { recursive: true });
-  const chosen = SERVERS.filter((s) => !opts.only || opts.only.has(s.name));
+  const chosen = servers.filter((s) => !opts.only || opts.only.has(s.name));
   if (opts.only)
-    for (const n of opts.only) if (!SERVERS.some((s) => s.name === n)) log(`unknown server ${n}`);
-  log(`snapshotting ${chosen.length} server(s); scratch ${opts.scratch}`);
+    for (const n of opts.only) if (!servers.some((s) => s.name === n)) log(`unknown server ${n}`);
+  log(`round ${opts.round}: snapshotting ${chosen.length} server(s) into ${outDir}; scratch ${opts.scratch}`);
   const ok: string[] = [];
   const failed: string[] = [];
   const skipped: string[] = [];
@@ -487,7 +799,7 @@ async function main(): Promise<void> {
       continue;
     }
     try {
-      const n = await snapshot(spec, opts.scratch);
+      const n = await snapshot(spec, opts.scratch, outDir);
       total += n;
       ok.push(`${spec.name}: ${n}`);
     } catch (e) {
