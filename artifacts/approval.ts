@@ -103,6 +103,50 @@ export function signApproval(
 export type ApprovalCheck =
   { ok: true; statement: ApprovalStatement; approver: string } | { ok: false; reason: string };
 
+const BINDING_FIELDS = [
+  "approval_id",
+  "session",
+  "request_id",
+  "server",
+  "target",
+  "method",
+  "arguments_hash",
+] as const satisfies readonly (keyof ApprovalBinding)[];
+
+/**
+ * The statement's signature under the key it embeds, whose ID must be its
+ * kid. Whether that key may approve is the caller's question. Never throws.
+ */
+export function verifyApprovalSignature(s: ApprovalStatement): boolean {
+  try {
+    const { sig, ...unsigned } = s;
+    const publicKey = fromBase64(s.approver.public_key, 32);
+    return (
+      keyId(publicKey) === s.approver.kid &&
+      verifySignature(publicKey, approvalSigningBytes(unsigned), fromBase64(sig, 64))
+    );
+  } catch {
+    return false;
+  }
+}
+
+/** The first bound field in which the statement differs from `binding`, or null. */
+export function bindingDifference(
+  s: ApprovalStatement,
+  binding: Readonly<Record<keyof ApprovalBinding, string | undefined>>,
+): keyof ApprovalBinding | null {
+  return BINDING_FIELDS.find((k) => s[k] !== binding[k]) ?? null;
+}
+
+/**
+ * An expiry in milliseconds, or NaN when the text names no real instant:
+ * Date.parse admits month 13 as NaN but rolls 30 February over to March.
+ */
+export function approvalExpiry(expires: string): number {
+  const t = Date.parse(expires);
+  return Number.isFinite(t) && new Date(t).toISOString() === expires.replace(/Z$/, ".000Z") ? t : NaN;
+}
+
 /**
  * Checks a statement against the pending binding and the configured
  * approvers (name by key ID). A result, never a throw.
@@ -121,23 +165,12 @@ export function checkApproval(
   const approver = approvers.get(s.approver.kid);
   if (!approver)
     return { ok: false, reason: `key ${s.approver.kid.slice(0, 16)}… is not a configured approver` };
-  let good: boolean;
-  try {
-    const { sig, ...unsigned } = s;
-    good =
-      keyId(approver.publicKey) === s.approver.kid &&
-      toBase64(approver.publicKey) === s.approver.public_key &&
-      verifySignature(approver.publicKey, approvalSigningBytes(unsigned), fromBase64(sig, 64));
-  } catch {
-    good = false;
-  }
-  if (!good)
+  if (toBase64(approver.publicKey) !== s.approver.public_key || !verifyApprovalSignature(s))
     return { ok: false, reason: "the signature does not verify against the configured approver key" };
-  for (const k of Object.keys(binding) as (keyof ApprovalBinding)[]) {
-    if (s[k] !== binding[k]) return { ok: false, reason: `the statement is for another call (${k} differs)` };
-  }
-  // An expiry that is no date (the pattern admits month 13) counts as expired, never as "never".
-  if (!(now.getTime() < Date.parse(s.expires)))
+  const differs = bindingDifference(s, binding);
+  if (differs) return { ok: false, reason: `the statement is for another call (${differs} differs)` };
+  // An expiry that is no date counts as expired, never as "never".
+  if (!(now.getTime() < approvalExpiry(s.expires)))
     return { ok: false, reason: `the statement expired at ${s.expires}` };
   return { ok: true, statement: s, approver: approver.name };
 }

@@ -60,6 +60,12 @@ export function buildProgram(): Command {
       collect,
       [],
     )
+    .option(
+      "--approver-key <key>",
+      "trusted approver: key ID (hex) or base64 Ed25519 public key; repeatable. With it, every approver statement recorded in the bundle must be signed by one of these keys",
+      collect,
+      [],
+    )
     .option("--json", "print the report as JSON")
     .addOption(
       new Option("--workers <n>", "worker threads for signature checks (0: none)").argParser((v) =>
@@ -426,6 +432,7 @@ export interface VerifyCliOptions {
   policyHash?: string;
   catalogHash?: string;
   issuerKey: string[];
+  approverKey: string[];
   json?: boolean;
   workers?: number;
 }

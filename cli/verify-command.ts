@@ -22,6 +22,7 @@ export async function runVerify(bundle: string, opts: VerifyCliOptions): Promise
     policyHash: opts.policyHash,
     catalogHash: opts.catalogHash,
     issuerKeys: opts.issuerKey,
+    approverKeys: opts.approverKey,
     workers: opts.workers,
   });
   process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));

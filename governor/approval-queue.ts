@@ -53,6 +53,9 @@ export interface ApprovalQueueOptions {
   now?: () => Date;
 }
 
+/** A statement expiring sooner than this is refused (see answer). */
+const EXPIRY_MARGIN_MS = 2000;
+
 /** Settled entries stay this long for a runtime that asks after the answer came. */
 const SETTLED_GRACE_MS = 60_000;
 
@@ -116,7 +119,10 @@ export class ApprovalQueue {
     const e = this.#entries.get(approvalId);
     if (!e) throw new CmcpError("approval.unknown", `no pending approval ${approvalId.slice(0, 32)}`);
     if (e.settled) throw new CmcpError("approval.settled", `approval ${approvalId} was already settled`);
-    const check = checkApproval(statement, e.view.binding, this.#opts.approvers, this.#now());
+    // Checked as of a moment later: the approval receipt is stamped after this, and the verifier requires
+    // the statement to be unexpired at that stamp.
+    const asOf = new Date(this.#now().getTime() + EXPIRY_MARGIN_MS);
+    const check = checkApproval(statement, e.view.binding, this.#opts.approvers, asOf);
     if (!check.ok) throw new CmcpError("approval.refused", check.reason);
     const settled = await this.#settle(approvalId, {
       kind: check.statement.decision,

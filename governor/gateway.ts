@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { CmcpError, isCmcpError } from "../artifacts/errors.js";
 import { fromBase64 } from "../artifacts/encoding.js";
 import { generateSigner, keyId, type Signer } from "../artifacts/keys.js";
-import { payloadHash, type DecisionOutcome } from "../artifacts/receipt.js";
+import { payloadHash, type DecisionOutcome, type ReceiptSubject } from "../artifacts/receipt.js";
 import type { EnforcementMode } from "../artifacts/trace-claim.js";
 import type { Bodies, Handlers, ListedKind, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
@@ -73,6 +73,8 @@ export class Gateway {
   readonly #sessions = new Map<string, { agent: string; workflows: readonly string[]; calls: number }>();
   readonly #upstreams = new Map<string, GatewayStatus["upstreams"][string]>();
   readonly approvals: ApprovalQueue;
+  /** The subject's tool, resource or prompt of each pending approval, for its approval receipt. */
+  readonly #approvalTargets = new Map<string, Pick<ReceiptSubject, "tool" | "resource" | "prompt">>();
   /** The approved catalog at run time; null when the artifact seals none. */
   readonly guard: CatalogGuard | null;
   #endpoint: string | null = null;
@@ -375,14 +377,9 @@ export class Gateway {
 
   async #recordApproval(view: PendingView, s: ApprovalSettlement): Promise<number> {
     const b = view.binding;
-    const target =
-      b.method === "tools/call"
-        ? { tool: b.target }
-        : b.method === "resources/read"
-          ? { resource: b.target }
-          : b.method === "prompts/get"
-            ? { prompt: b.target }
-            : {};
+    // As the decision receipt names it, so a verifier can match the statement's target (subscribe, complete too).
+    const target = this.#approvalTargets.get(b.approval_id) ?? {};
+    this.#approvalTargets.delete(b.approval_id);
     const appended = await this.chain.append({
       type: "approval",
       subject: {
@@ -547,6 +544,11 @@ export class Gateway {
       req.params,
     );
     if (!pending) return { ...reply, reasons: [...reply.reasons, "too many calls are waiting for approval"] };
+    this.#approvalTargets.set(pending.approval_id, {
+      ...(req.tool !== undefined ? { tool: req.tool } : {}),
+      ...(req.resource !== undefined ? { resource: req.resource } : {}),
+      ...(req.prompt !== undefined ? { prompt: req.prompt } : {}),
+    });
     this.#log(
       `call held for approval ${pending.approval_id}: ${req.method} ${pending.binding.target} on ${req.server} (cmcp approvals; cmcp approve ${pending.approval_id})`,
     );

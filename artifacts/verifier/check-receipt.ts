@@ -1,10 +1,17 @@
 /**
  * Checks one receipt in isolation: strict parse, schema, canonical entry
- * bytes, signature. Runs in worker threads for large bundles; what needs
+ * bytes, signature, and the approver's statement an approval receipt
+ * records. Runs in worker threads for large bundles; what needs
  * order (linkage, epochs, Merkle roots) is done by the caller on the results.
  * Returns a result for every input; never throws on hostile bytes.
  */
 import { Ajv2020 } from "ajv/dist/2020.js";
+import {
+  approvalExpiry,
+  bindingDifference,
+  validateApprovalStatement,
+  verifyApprovalSignature,
+} from "../approval.js";
 import { canonicalBytes } from "../canonical-json.js";
 import { fromBase64 } from "../encoding.js";
 import { isCmcpError } from "../errors.js";
@@ -46,9 +53,16 @@ export interface ReceiptFacts {
   decision: ReceiptDecision | undefined;
   epochStart: EpochStartData | undefined;
   checkpoint: CheckpointData | undefined;
+  /** For an approval receipt: whether the answer it records holds up (plain data: crosses workers). */
+  approval: ApprovalFact | undefined;
   entryHash: string;
   leafHash: Uint8Array;
 }
+
+/** An approver's answer checked (`kid` is null for a timeout or shutdown), or why it does not hold. */
+export type ApprovalFact =
+  | { ok: true; decision: "approve" | "deny" | "timeout" | "shutdown"; kid: string | null }
+  | { ok: false; reason: string };
 
 export type ReceiptCheck =
   | { index: number; ok: true; facts: ReceiptFacts }
@@ -150,10 +164,72 @@ export function checkReceipt(
       decision: r.decision,
       epochStart,
       checkpoint: r.type === "checkpoint" ? (r.data as unknown as CheckpointData) : undefined,
+      approval: r.type === "approval" ? checkApprovalReceipt(r) : undefined,
       entryHash: sha256Hex(entry),
       leafHash: leafHash(entry),
     },
   };
+}
+
+/**
+ * What an approval receipt records against the approver's signed statement:
+ * an answer must carry one that verifies under its own key and binds exactly
+ * this receipt's call and answer, unexpired when recorded; a timeout or
+ * shutdown carries none. Which keys may approve is the caller's question.
+ */
+export function checkApprovalReceipt(r: Receipt): ApprovalFact {
+  const fail = (reason: string): ApprovalFact => ({ ok: false, reason });
+  const { approval_id, decision, approver, statement } = r.data ?? {};
+  if (typeof approval_id !== "string" || !/^[0-9a-f]{32}$/.test(approval_id))
+    return fail("the approval receipt names no approval_id (32 hex digits)");
+  if (decision === "timeout" || decision === "shutdown") {
+    if (statement !== null)
+      return fail(`a ${decision} must record no approver statement ("statement": null)`);
+    if (approver !== null) return fail(`a ${decision} must name no approver ("approver": null)`);
+    return { ok: true, decision, kid: null };
+  }
+  if (decision !== "approve" && decision !== "deny")
+    return fail(
+      `decision ${JSON.stringify(decision)?.slice(0, 40)} is not approve, deny, timeout or shutdown`,
+    );
+  const answer = decision === "approve" ? "an approval" : "a denial";
+  if (typeof approver !== "string" || approver === "") return fail(`${answer} must name its approver`);
+  if (statement === null || statement === undefined)
+    return fail(`${answer} is recorded without the approver's signed statement`);
+  if (!validateApprovalStatement(statement)) {
+    const e = validateApprovalStatement.errors?.[0];
+    return fail(
+      `the recorded statement is not an approval statement: ${e?.instancePath || "/"} ${e?.message}`,
+    );
+  }
+  const s = statement;
+  let kidMatches = false;
+  try {
+    kidMatches = keyId(fromBase64(s.approver.public_key, 32)) === s.approver.kid;
+  } catch {
+    // Not canonical base64: reported as a kid mismatch below.
+  }
+  if (!kidMatches) return fail(`the statement's public key is not its kid ${s.approver.kid.slice(0, 16)}…`);
+  if (!verifyApprovalSignature(s))
+    return fail(`the statement's signature does not verify under its key ${s.approver.kid.slice(0, 16)}…`);
+  if (s.decision !== decision)
+    return fail(`the receipt records "${decision}" but the signed statement says "${s.decision}"`);
+  const differs = bindingDifference(s, {
+    approval_id,
+    session: r.subject.session,
+    request_id: r.subject.request_id,
+    server: r.subject.server,
+    method: r.subject.method,
+    target: r.subject.tool ?? r.subject.resource ?? r.subject.prompt ?? r.subject.method,
+    arguments_hash: r.hashes?.arguments,
+  });
+  if (differs) return fail(`the signed statement is for another call (${differs} differs from the receipt)`);
+  // Valid when recorded: the governor must not accept a statement after it expires.
+  const expires = approvalExpiry(s.expires);
+  if (Number.isNaN(expires)) return fail(`the statement's expiry ${s.expires} is not a real date`);
+  if (!(Date.parse(r.ts) < expires))
+    return fail(`the statement expired at ${s.expires}, not after the receipt's time ${r.ts}`);
+  return { ok: true, decision, kid: s.approver.kid };
 }
 
 /** A batch as sent to a worker: concatenated bytes plus end offsets, one transfer. */

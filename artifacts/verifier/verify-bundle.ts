@@ -5,8 +5,9 @@
  *
  * Pass 1 reads every top-level member except `receipts` (bounded by
  * BUNDLE_LIMITS); pass 2 streams the receipts through a worker pool that
- * parses and verifies signatures in parallel, while this thread checks order,
- * linkage and epochs and folds leaves into a Merkle accumulator. Memory is
+ * parses and verifies signatures (receipts' and recorded approvers') in
+ * parallel, while this thread checks order, linkage and epochs and folds
+ * leaves into a Merkle accumulator. Memory is
  * bounded by the header plus a few batches, not by the number of receipts.
  */
 import { availableParallelism } from "node:os";
@@ -66,6 +67,8 @@ export interface VerifyOptions {
   catalogHash?: string;
   /** Policy artifact issuers the auditor trusts: key IDs (hex) or raw public keys (base64). */
   issuerKeys?: string[];
+  /** Approvers the auditor trusts: key IDs (hex) or raw public keys (base64). Without it, any key that signs verifies. */
+  approverKeys?: string[];
   /** Worker threads for signature checks; 0 checks in this thread. Default: one per core. */
   workers?: number;
   /** Bundles with fewer receipts than this are checked in this thread (worker start-up costs more). */
@@ -85,6 +88,8 @@ const STEPS = [
   ["claims", "TRACE claims"],
   ["artifact", "Sealed policy artifacts"],
   ["approved", "Approved policy and catalog hashes"],
+  // Last, so the numbers of the steps before it stay what they were.
+  ["approvals", "Approver statements"],
 ] as const;
 export type StepId = (typeof STEPS)[number][0];
 
@@ -204,6 +209,17 @@ export async function verifyBundleFile(
     if (!r.ok) artifactStep.fail(`artifact #${index}: ${r.message}`, { kind: "artifact", index });
     else artifacts.set(r.hash, r.artifact);
   });
+  const approvalsStep = step("approvals");
+  const trustedApprovers = options.approverKeys?.length
+    ? resolveKeys(options.approverKeys, false, (t) =>
+        approvalsStep.fail(
+          `--approver-key ${t.slice(0, 20)}: not a key ID (64 hex) or a base64 Ed25519 public key`,
+        ),
+      )
+    : null;
+  let approvalReceipts = 0;
+  const approverKids = new Set<string>();
+  let statements = 0;
   const artifactOfKid = new Map<string, PolicyArtifact | null>();
   const epochsWithoutArtifact: number[] = [];
   let epochArtifact: PolicyArtifact | null = null;
@@ -292,10 +308,26 @@ export async function verifyBundleFile(
       }
       return;
     }
-    if (brokenAt >= 0) return;
     const f: ReceiptFacts = check.facts;
     const rec = { kind: "receipt" as const, index: check.index, seq: f.seq };
     const where = recordName("receipt", check.index, f.seq);
+    // A statement stands on its own signature, so it is checked even past a broken chain.
+    if (f.approval) {
+      const a = f.approval;
+      approvalReceipts++;
+      if (!a.ok) approvalsStep.fail(`${where}: ${a.reason}`, rec);
+      else if (a.kid !== null) {
+        statements++;
+        // Named in the detail only: a few are enough, and a hostile bundle may carry millions.
+        if (approverKids.size < 16) approverKids.add(a.kid);
+        if (trustedApprovers && !trustedApprovers.has(a.kid))
+          approvalsStep.fail(
+            `${where}: ${a.decision === "deny" ? "denied" : "approved"} by key ${a.kid}, not an --approver-key`,
+            rec,
+          );
+      }
+    }
+    if (brokenAt >= 0) return;
     if (f.seq !== expectedSeq)
       chain.fail(`${where}: expected seq ${expectedSeq} (receipts missing, duplicated or reordered)`, rec);
     if (f.prev !== prevHash) chain.fail(`${where}: prev does not match the hash of the previous entry`, rec);
@@ -633,6 +665,18 @@ export async function verifyBundleFile(
     approved.detail = "no --policy-hash or --catalog-hash given";
   }
 
+  if (approvalsStep.status === "pass") {
+    const kids = [...approverKids].map((k) => k.slice(0, 16)).join(", ");
+    if (approvalReceipts === 0) {
+      approvalsStep.status = "skip";
+      approvalsStep.detail = "no approval receipts in the bundle";
+    } else if (statements === 0)
+      approvalsStep.detail = `${approvalReceipts} approval receipt(s), none answered by an approver (timeouts or shutdowns)`;
+    else if (trustedApprovers)
+      approvalsStep.detail = `${statements} approver statement(s) verify and bind their calls, signed by --approver-key(s) ${kids}`;
+    else
+      approvalsStep.detail = `${statements} approver statement(s) verify under their own keys (${kids}) and bind their calls; approvers are not pinned (pass --approver-key to pin them)`;
+  }
   if (receiptsStep.status === "pass")
     receiptsStep.detail = `${receiptCount} receipts: schema and Ed25519 signatures valid`;
   if (chain.status === "pass") chain.detail = `seq 0..${receiptCount - 1} linked, ${counts.epochs} epoch(s)`;

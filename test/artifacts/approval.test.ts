@@ -36,6 +36,12 @@ describe("approval statements", () => {
       ok: false,
       reason: expect.stringMatching(/expired/),
     });
+    // Nor one that Date.parse would roll over (30 February 2027 is not 2 March).
+    const rolled = signApproval(binding, { ...answer, expires: "2027-02-30T00:00:00Z" }, alice);
+    expect(checkApproval(rolled, binding, approvers, now)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/expired/),
+    });
     expect(checkApproval(s, binding, new Map(), now)).toMatchObject({
       ok: false,
       reason: expect.stringMatching(/not a configured approver/),

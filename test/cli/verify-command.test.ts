@@ -59,7 +59,9 @@ describe("cmcp verify", () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.ok).toBe(true);
-    expect(report.steps).toHaveLength(11);
+    expect(report.steps).toHaveLength(12);
+    // A bundle without approval receipts has no approver statements to check.
+    expect(report.steps[11]).toMatchObject({ n: 12, id: "approvals", status: "skip" });
   });
 
   it("exits 1 naming the step and record for a tampered receipt", async () => {
@@ -86,6 +88,7 @@ describe("cmcp verify", () => {
       expect(r.code, sub).toBe(0);
       expect(r.stdout).toMatch(/Usage: cmcp /);
     }
+    expect((await cmcp(["verify", "--help"])).stdout).toMatch(/--approver-key <key>/);
   });
 
   describe("unreadable input exits 2 with a clear message and no stack trace", () => {

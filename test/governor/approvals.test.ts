@@ -33,7 +33,10 @@ afterEach(async () => {
   for (const tg of open.splice(0)) await tg.cleanup();
 });
 
-async function setup(holdSeconds = 45): Promise<Setup> {
+const HOLD_SUBSCRIBE =
+  '@id("ask-subscribe")\n@decision("require_approval")\npermit (principal, action == Cmcp::Action::"resources/subscribe", resource);\n';
+
+async function setup(holdSeconds = 45, hold = HOLD_SUM): Promise<Setup> {
   const { privatePem } = generateKeyPem();
   const alice = signerFromPem(privatePem);
   const tg = await startTestGateway(
@@ -49,7 +52,7 @@ async function setup(holdSeconds = 45): Promise<Setup> {
         },
       ],
     },
-    { policy: { "allow-all.cedar": ALLOW_ALL, "ask.cedar": HOLD_SUM } },
+    { policy: { "allow-all.cedar": ALLOW_ALL, "ask.cedar": hold } },
   );
   open.push(tg);
   const aliceKey = join(tg.dir, "alice.key");
@@ -78,7 +81,7 @@ const sum = (client: Client, onprogress?: () => void) =>
 
 describe("calls held for approval", () => {
   it("holds the call with progress until an approver approves with cmcp approve, then makes it", async () => {
-    const { tg, client, aliceKey } = await setup();
+    const { tg, client, alice, aliceKey } = await setup();
     const logged: string[] = [];
     client.setNotificationHandler(
       LoggingMessageNotificationSchema,
@@ -121,6 +124,35 @@ describe("calls held for approval", () => {
         r.subject.request_id === decision?.subject.request_id,
     );
     expect(inspected!.seq).toBeGreaterThan(approval!.seq);
+    // The exported bundle proves who approved: pinned to alice's key it verifies, pinned to another it fails.
+    const verify = (approverKey: string) =>
+      cmcp([
+        "verify",
+        join(tg.dir, "bundle.json"),
+        "--key",
+        tg.signer.keyId,
+        "--issuer-key",
+        tg.issuer.keyId,
+        "--approver-key",
+        approverKey,
+        "--json",
+      ]);
+    const approvalsStep = (stdout: string) =>
+      (JSON.parse(stdout) as { steps: { id: string }[] }).steps.find((s) => s.id === "approvals");
+    const pinned = await verify(toBase64(alice.publicKey));
+    expect(pinned.code, pinned.stdout + pinned.stderr).toBe(0);
+    expect(approvalsStep(pinned.stdout)).toMatchObject({
+      status: "pass",
+      detail: expect.stringMatching(/^1 approver statement\(s\) verify .*signed by --approver-key/),
+    });
+    const stranger = signerFromPem(generateKeyPem().privatePem);
+    const wrong = await verify(stranger.keyId);
+    expect(wrong.code).toBe(1);
+    expect(approvalsStep(wrong.stdout)).toMatchObject({
+      status: "fail",
+      detail: `receipt seq ${approval!.seq}: approved by key ${alice.keyId}, not an --approver-key`,
+      record: { kind: "receipt", seq: approval!.seq },
+    });
   });
 
   it("a denial ends the call with a clear result naming who denied it and why", async () => {
@@ -155,6 +187,29 @@ describe("calls held for approval", () => {
     expect(receipts.some((r) => r.type === "response_inspection" && r.subject.method === "tools/call")).toBe(
       false,
     );
+  });
+
+  it("an approved resource subscription is recorded with its resource, so the statement verifies", async () => {
+    const { tg, client, alice } = await setup(45, HOLD_SUBSCRIBE);
+    const { resources } = await client.listResources();
+    const uri = resources[0]!.uri;
+    const subscribed = client.subscribeResource({ uri }, { timeout: 120_000 });
+    const [p] = await pendingOf(tg);
+    expect(p!.binding).toMatchObject({ method: "resources/subscribe", target: uri });
+    const statement = signApproval(
+      p!.binding,
+      { decision: "approve", reason: null, expires: p!.deadline },
+      alice,
+    );
+    await adminRequest(tg.gateway.adminSocket!, { cmd: "answer", approval_id: p!.approval_id, statement });
+    await subscribed;
+    await client.close();
+    // verifiedReceipts fails on any failed step, the approver statements included.
+    const receipts = await verifiedReceipts(tg);
+    expect(receipts.find((r) => r.type === "approval")?.subject).toMatchObject({
+      method: "resources/subscribe",
+      resource: uri,
+    });
   });
 
   it("no answer before the hold ends means denied, recorded, and the agent told", async () => {

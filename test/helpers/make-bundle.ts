@@ -11,7 +11,7 @@ import { sealArtifact, type PolicyArtifact } from "../../artifacts/policy-artifa
 import { payloadHash, type DecisionOutcome } from "../../artifacts/receipt.js";
 import type { TraceClaim } from "../../artifacts/trace-claim.js";
 import { exportBundle } from "../../governor/export-bundle.js";
-import { ReceiptChain } from "../../governor/receipt-chain.js";
+import { ReceiptChain, type ReceiptEvent } from "../../governor/receipt-chain.js";
 
 export const TEST_ORIGIN = "cmcp.test/log";
 export const POLICY_HASH = "a".repeat(64);
@@ -40,6 +40,8 @@ export interface MakeBundleOptions {
   claims?: boolean;
   /** false: epochs run without a sealed artifact; "self": a dev-mode self-sealed one. */
   artifact?: boolean | "self";
+  /** Appended in the first epoch after its decision receipts (approval receipts, for instance). */
+  extraEvents?: ReceiptEvent[];
 }
 
 export async function makeBundle(options: MakeBundleOptions = {}): Promise<MadeBundle> {
@@ -110,6 +112,7 @@ export async function makeBundle(options: MakeBundleOptions = {}): Promise<MadeB
       );
     }
     await Promise.all(pending);
+    if (e === 0) for (const event of options.extraEvents ?? []) await chain.append(event);
     if (options.claims !== false) claims.push(await chain.issueClaim("session-0"));
     await chain.close();
   }
