@@ -15,20 +15,27 @@ import {
 } from "./tool-scanner-rules.js";
 import {
   codepointName,
+  confusableView,
   decodeBase32,
   decodeBase64,
+  decodeEscapes,
   decodeHex,
   decodePercent,
   entropy,
+  escapeRuns,
   foldText,
   gunzipLimited,
   isInvisible,
+  leetView,
   mapSpan,
   readableText,
   renderVisible,
   rot13,
   scriptTester,
+  spacedView,
+  unescapeView,
   type FoldedText,
+  type TextView,
 } from "./tool-scanner-text.js";
 import type { CatalogTool, Finding, ScanLimits } from "./tool-scanner.js";
 
@@ -41,6 +48,13 @@ export interface FieldText {
   text: string;
   fullLength: number;
   folded?: FoldedText;
+  /**
+   * Set on a view derived from a field (decoded, unescaped, ROT13 ...): `text` is the view,
+   * and srcStart/srcEnd map each of its code units back into the field's own string.
+   */
+  view?: TextView & { via: string; source: string };
+  /** Decodings found by each entropy-blob rule, computed once per field. */
+  decodes?: Map<string, Decoded[]>;
 }
 
 export interface StructureStats {
@@ -61,6 +75,11 @@ export interface ScanContext {
 
 const NON_ASCII = /[\u0080-\u{10FFFF}]/u;
 const IDENTIFIER_ROLES: ReadonlySet<FieldRole> = new Set(["name", "property-name"]);
+
+/** Whether a rule reads a field: its role, and its path when the rule restricts paths. */
+function applies(rule: CompiledRule, field: FieldText): boolean {
+  return rule.roles.has(field.role) && (rule.path === null || rule.path.test(field.path));
+}
 
 function folded(field: FieldText): FoldedText {
   field.folded ??= foldText(field.text, IDENTIFIER_ROLES.has(field.role));
@@ -140,6 +159,25 @@ function runPatterns(
       if (rule.unless.some((w) => w.regex.test(windowText(f.text, w, s, e)))) return;
       spans.push(mapSpan(f, s, e));
     });
+  }
+  const view = field.view;
+  if (view !== undefined) {
+    // A match in a derived view is reported on the field's own text, with what the view read.
+    const source = { path: field.path, target: field.target, text: view.source };
+    const seen = new Set<string>();
+    for (const sp of spans) {
+      let lo = Number.MAX_SAFE_INTEGER;
+      let hi = 0;
+      for (let k = sp.start; k < sp.end && k < view.srcStart.length; k++) {
+        lo = Math.min(lo, view.srcStart[k] as number);
+        hi = Math.max(hi, view.srcEnd[k] as number);
+      }
+      if (lo > hi || seen.has(`${lo}:${hi}`)) continue;
+      seen.add(`${lo}:${hi}`);
+      const read = renderVisible(field.text.slice(sp.start, sp.end), 160);
+      out.push(finding(rule, source, lo, hi, rule.severity, `reads, ${view.via}: "${read}"`));
+    }
+    return;
   }
   // Overlapping or touching matches of one rule (two alternatives on the same words) are one finding.
   spans.sort((a, b) => a.start - b.start);
@@ -386,11 +424,14 @@ function compatibilityForms(
 // ---- encoded blobs -------------------------------------------------------------------------------
 
 const B64_CHAR = /[A-Za-z0-9+/]/;
+const B64URL_CHAR = /[A-Za-z0-9_-]/;
 const ALNUM = /[A-Za-z0-9]/;
 
 interface Candidate {
   start: number;
   end: number;
+  /** URL-safe base64: reported only when it decodes to text (ids and tokens use the same alphabet). */
+  urlSafe?: boolean;
 }
 
 /** Maximal runs of `ok` characters, optionally followed by '=' padding, bounded by non-alphanumerics. */
@@ -427,81 +468,134 @@ function percentRuns(s: string, minLength: number): Candidate[] {
   return out;
 }
 
-function rot13Candidates(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, s: string): Candidate[] {
+const reverse = (s: string): string => s.split("").reverse().join("");
+
+/**
+ * Sentences of ASCII words that read as words only after `transform` (ROT13, reversal), judged
+ * by how many common words appear before and after it: the whole sentence when at least a
+ * quarter of its words (and three) turn into common words, or any three consecutive words that
+ * all do (one of them four letters or longer) when the sentence is mostly plain text.
+ */
+function transformCandidates(
+  rule: Extract<CompiledRule, { kind: "entropy-blob" }>,
+  s: string,
+  transform: (w: string) => string,
+): Candidate[] {
   const out: Candidate[] = [];
-  // Sentences of ASCII words; judged by how many common words appear before and after ROT13.
   const sentence = /[A-Za-z][A-Za-z' ,-]{0,300}/g;
+  const word = /[A-Za-z]{1,30}/g;
   matchAll(sentence, s, Number.MAX_SAFE_INTEGER, (a, b) => {
     const text = s.slice(a, b);
-    const words = text.toLowerCase().match(/[a-z]{1,30}/g) ?? [];
-    if (words.length < rule.textMinWords) return;
-    const plain = words.filter((w) => rule.commonWords.has(w)).length;
-    const rotated = words.filter((w) => rule.commonWords.has(rot13(w))).length;
-    if (rotated >= Math.max(3, Math.ceil(words.length / 4)) && rotated > 3 * plain)
+    const words: { w: string; start: number; end: number }[] = [];
+    matchAll(word, text, Number.MAX_SAFE_INTEGER, (x, y) =>
+      words.push({ w: text.slice(x, y).toLowerCase(), start: a + x, end: a + y }),
+    );
+    const turned = words.map(({ w }) => rule.commonWords.has(transform(w)) && !rule.commonWords.has(w));
+    const plain = words.filter(({ w }) => rule.commonWords.has(w)).length;
+    const rotated = turned.filter(Boolean).length;
+    if (
+      words.length >= rule.textMinWords &&
+      rotated >= Math.max(3, Math.ceil(words.length / 4)) &&
+      rotated > 3 * plain
+    ) {
       out.push({ start: a, end: b });
+      return;
+    }
+    let run = 0;
+    let long = false;
+    for (let k = 0; k <= words.length; k++) {
+      if (k < words.length && turned[k] === true) {
+        run++;
+        long ||= (words[k] as { w: string }).w.length >= 4;
+        continue;
+      }
+      if (run >= 3 && long)
+        out.push({
+          start: (words[k - run] as { start: number }).start,
+          end: (words[k - 1] as { end: number }).end,
+        });
+      run = 0;
+      long = false;
+    }
   });
   return out;
 }
 
-function entropyBlob(
-  rule: Extract<CompiledRule, { kind: "entropy-blob" }>,
-  field: FieldText,
-  cap: number,
-  out: Finding[],
-): void {
-  const s = field.text;
-  let candidates: Candidate[];
+/** One candidate an entropy-blob rule found in a field, and what it reads as (null: nothing readable). */
+export interface Decoded {
+  start: number;
+  end: number;
+  /** How it was read: "base64", "hex+gzip", "ROT13", "reversed" ... */
+  via: string;
+  /** Readable text it stands for, or null. */
+  text: string | null;
+  /** How units of `text` map back: "span" (each to the whole candidate), "same" (one to one), "mirror". */
+  mapping: "span" | "same" | "mirror";
+}
+
+function candidatesFor(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, s: string): Candidate[] {
   switch (rule.encoding) {
-    case "base64":
-      candidates = runsOf(s, B64_CHAR, rule.minLength, true).filter(({ start, end }) => {
-        const t = s.slice(start, end);
-        // A base64 blob mixes cases with digits, '+' or padding; identifiers, words and paths
-        // (whose '/' is also in the alphabet) do not.
-        return (
-          /[A-Z]/.test(t) && /[a-z]/.test(t) && (/[0-9+]/.test(t) || t.endsWith("=")) && !t.includes("//")
-        );
-      });
-      break;
-    case "base32":
-      candidates = runsOf(s, /[A-Z2-7]/, rule.minLength, true).filter(({ start, end }) =>
-        /[2-7=]/.test(s.slice(start, end)),
+    case "base64": {
+      // A base64 blob mixes cases with digits, '+' or padding; identifiers, words and paths
+      // (whose '/' is also in the alphabet) do not.
+      const blobby = (t: string): boolean =>
+        /[A-Z]/.test(t) && /[a-z]/.test(t) && (/[0-9+]/.test(t) || t.endsWith("=")) && !t.includes("//");
+      const standard = runsOf(s, B64_CHAR, rule.minLength, true).filter(({ start, end }) =>
+        blobby(s.slice(start, end)),
       );
-      break;
+      // URL-safe base64 ('-' and '_' for '+' and '/'): only runs that use them, read for text only.
+      const urlSafe = runsOf(s, B64URL_CHAR, rule.minLength, true).filter(({ start, end }) => {
+        const t = s.slice(start, end);
+        return /[-_]/.test(t) && blobby(t) && /[0-9]/.test(t);
+      });
+      return [...standard, ...urlSafe.map((c) => ({ ...c, urlSafe: true }))];
+    }
+    case "base32":
+      // Upper or lower case, never mixed; a base32 payload of text carries digits 2-7 or padding.
+      return [
+        ...runsOf(s, /[A-Z2-7]/, rule.minLength, true),
+        ...runsOf(s, /[a-z2-7]/, rule.minLength, true),
+      ].filter(({ start, end }) => /[2-7=]/.test(s.slice(start, end)));
     case "hex":
-      candidates = runsOf(s, /[0-9a-fA-F]/, rule.minLength, false).filter(
+      return runsOf(s, /[0-9a-fA-F]/, rule.minLength, false).filter(
         ({ start, end }) => (end - start) % 2 === 0,
       );
-      break;
     case "percent":
-      candidates = percentRuns(s, rule.minLength);
-      break;
+      return percentRuns(s, rule.minLength);
+    case "escapes":
+      return escapeRuns(s, 2).filter(({ start, end }) => end - start >= rule.minLength);
     case "rot13":
-      candidates = rot13Candidates(rule, s);
-      break;
+      return transformCandidates(rule, s, rot13);
+    case "reversed":
+      return transformCandidates(rule, s, reverse);
   }
-  let n = 0;
-  for (const c of candidates) {
-    if (n >= cap) break;
+}
+
+/** What an entropy-blob rule finds in a field, computed once per rule and field. */
+function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, field: FieldText): Decoded[] {
+  field.decodes ??= new Map();
+  const cached = field.decodes.get(rule.id);
+  if (cached !== undefined) return cached;
+  const s = field.text;
+  const out: Decoded[] = [];
+  for (const c of candidatesFor(rule, s)) {
     const blob = s.slice(c.start, c.end);
-    if (rule.encoding === "rot13") {
-      out.push(
-        finding(
-          rule,
-          field,
-          c.start,
-          c.end,
-          rule.severity,
-          `reads after ROT13: "${renderVisible(rot13(blob), 160)}"`,
-        ),
-      );
-      n++;
+    if (rule.encoding === "rot13" || rule.encoding === "reversed") {
+      const rot = rule.encoding === "rot13";
+      out.push({
+        ...c,
+        via: rot ? "ROT13" : "reversed",
+        text: rot ? rot13(blob) : reverse(blob),
+        mapping: rot ? "same" : "mirror",
+      });
       continue;
     }
     if (rule.minEntropy > 0 && entropy(blob.replace(/=+$/, "")) < rule.minEntropy) continue;
     let bytes: Uint8Array | null;
     if (rule.encoding === "base64") bytes = decodeBase64(blob);
-    else if (rule.encoding === "base32") bytes = decodeBase32(blob);
+    else if (rule.encoding === "base32") bytes = decodeBase32(blob.toUpperCase());
     else if (rule.encoding === "hex") bytes = decodeHex(blob);
+    else if (rule.encoding === "escapes") bytes = decodeEscapes(blob);
     else bytes = decodePercent(blob);
     let via = rule.encoding as string;
     if (bytes !== null) {
@@ -512,35 +606,161 @@ function entropyBlob(
       }
     }
     const text = bytes === null ? null : readableText(bytes, rule.textMinWords);
-    if (text !== null) {
+    if (c.urlSafe === true && text === null) continue;
+    out.push({ start: c.start, end: c.end, via, text, mapping: "span" });
+  }
+  field.decodes.set(rule.id, out);
+  return out;
+}
+
+/** True when the run at `start` is the payload of a data: URI of an image, font, audio or video (an icon, say). */
+function dataUriMedia(s: string, start: number): boolean {
+  return /data:(?:image|font|audio|video)\/[\w.+-]{1,40};base64,$/.test(
+    s.slice(Math.max(0, start - 64), start),
+  );
+}
+
+function entropyBlob(
+  rule: Extract<CompiledRule, { kind: "entropy-blob" }>,
+  field: FieldText,
+  cap: number,
+  out: Finding[],
+): void {
+  let n = 0;
+  for (const d of blobDecodes(rule, field)) {
+    if (n >= cap) break;
+    const blob = field.text.slice(d.start, d.end);
+    if (d.mapping !== "span") {
       out.push(
         finding(
           rule,
           field,
-          c.start,
-          c.end,
+          d.start,
+          d.end,
           rule.severity,
-          `${via} decodes to: "${renderVisible(text, 200)}"`,
+          `reads ${d.mapping === "same" ? "after ROT13" : "backwards"}: "${renderVisible(d.text ?? "", 160)}"`,
         ),
       );
       n++;
-    } else if (rule.blobSeverity !== "none") {
-      const detail = via.endsWith("+gzip")
-        ? `${blob.length} characters of ${via}: a compressed payload`
-        : `${blob.length} characters of ${rule.encoding} that do not decode to readable text`;
+    } else if (d.text !== null) {
       out.push(
         finding(
           rule,
           field,
-          c.start,
-          c.end,
-          via.endsWith("+gzip") ? rule.severity : rule.blobSeverity,
-          detail,
+          d.start,
+          d.end,
+          rule.severity,
+          `${d.via} decodes to: "${renderVisible(d.text, 200)}"`,
         ),
+      );
+      n++;
+    } else if (
+      (rule.blobSeverity !== "none" && !dataUriMedia(field.text, d.start)) ||
+      d.via.endsWith("+gzip")
+    ) {
+      const gz = d.via.endsWith("+gzip");
+      const detail = gz
+        ? `${blob.length} characters of ${d.via}: a compressed payload`
+        : `${blob.length} characters of ${rule.encoding} that do not decode to readable text`;
+      out.push(
+        finding(rule, field, d.start, d.end, gz ? rule.severity : (rule.blobSeverity as Severity), detail),
       );
       n++;
     }
   }
+}
+
+// ---- derived views -------------------------------------------------------------------------------
+
+/** Escapes a field must hold before its unescaped view is read. */
+const UNESCAPE_MIN_TOKENS = 3;
+
+function spanView(field: FieldText, d: Decoded & { text: string }): FieldText {
+  const n = d.text.length;
+  const srcStart = new Uint32Array(n);
+  const srcEnd = new Uint32Array(n);
+  for (let k = 0; k < n; k++) {
+    if (d.mapping === "same") {
+      srcStart[k] = d.start + k;
+      srcEnd[k] = d.start + k + 1;
+    } else if (d.mapping === "mirror") {
+      srcStart[k] = d.end - k - 1;
+      srcEnd[k] = d.end - k;
+    } else {
+      srcStart[k] = d.start;
+      srcEnd[k] = d.end;
+    }
+  }
+  const via =
+    d.mapping === "span" ? `decoded from ${d.via}` : d.mapping === "same" ? "after ROT13" : "backwards";
+  return viewField(field, { text: d.text, srcStart, srcEnd }, via);
+}
+
+/** A view of the same length as its source: unit k maps to unit k. */
+function sameOffsets(text: string): TextView {
+  const srcStart = new Uint32Array(text.length);
+  const srcEnd = new Uint32Array(text.length);
+  for (let k = 0; k < text.length; k++) {
+    srcStart[k] = k;
+    srcEnd[k] = k + 1;
+  }
+  return { text, srcStart, srcEnd };
+}
+
+function viewField(field: FieldText, view: TextView, via: string): FieldText {
+  return {
+    path: field.path,
+    role: field.role,
+    target: field.target,
+    text: view.text,
+    fullLength: view.text.length,
+    view: { ...view, via, source: field.text },
+  };
+}
+
+/**
+ * Other readings of each field that text rules also run on, so that an instruction written in
+ * an encoding is judged by what it says: what the entropy-blob rules decode to readable text
+ * (base64, hex, base32, %XX, \xNN escapes, ROT13, reversed), the field with all its escapes
+ * replaced (when an escapes or percent rule is on), and the field with look-alike letters read
+ * as Latin in words that mix scripts. Each is bounded by the field's length.
+ */
+export function derivedViews(
+  rules: readonly CompiledRule[],
+  fields: readonly FieldText[],
+  cap: number,
+): FieldText[] {
+  const out: FieldText[] = [];
+  const blobRules = rules.filter(
+    (r): r is Extract<CompiledRule, { kind: "entropy-blob" }> => r.kind === "entropy-blob",
+  );
+  const unescape = blobRules.some((r) => r.encoding === "escapes" || r.encoding === "percent");
+  for (const f of fields) {
+    if (f.view !== undefined) continue;
+    for (const rule of blobRules) {
+      if (!applies(rule, f)) continue;
+      let n = 0;
+      for (const d of blobDecodes(rule, f)) {
+        if (n >= cap) break;
+        if (d.text === null) continue;
+        out.push(spanView(f, d as Decoded & { text: string }));
+        n++;
+      }
+    }
+    if (unescape) {
+      const v = unescapeView(f.text, UNESCAPE_MIN_TOKENS);
+      if (v !== null) out.push(viewField(f, v, "with escapes decoded"));
+    }
+    if (NON_ASCII.test(f.text)) {
+      const c = confusableView(f.text);
+      if (c !== null) out.push(viewField(f, sameOffsets(c), "with look-alike letters read as Latin"));
+    }
+    const l = leetView(f.text);
+    if (l !== null) out.push(viewField(f, sameOffsets(l), "with digits read as letters"));
+    const sp = spacedView(f.text);
+    if (sp !== null) out.push(viewField(f, sp, "with spaced-out letters joined"));
+  }
+  return out;
 }
 
 // ---- length --------------------------------------------------------------------------------------
@@ -590,7 +810,7 @@ function lengthRule(
   switch (rule.measure) {
     case "chars":
       for (const f of fields) {
-        if (!rule.roles.has(f.role)) continue;
+        if (!applies(rule, f)) continue;
         const sev = thresholdFor(rule, f.fullLength);
         if (sev !== null)
           out.push(finding(rule, f, 0, Math.min(f.text.length, 80), sev, `${f.fullLength} characters`));
@@ -598,7 +818,7 @@ function lengthRule(
       break;
     case "padding-run":
       for (const f of fields) {
-        if (!rule.roles.has(f.role)) continue;
+        if (!applies(rule, f)) continue;
         const run = longestPadding(f.text);
         const sev = thresholdFor(rule, run.end - run.start);
         if (sev !== null)
@@ -711,7 +931,7 @@ function crossReference(
   const token = /[A-Za-z0-9][A-Za-z0-9_-]{0,127}/g;
   let n = 0;
   for (const f of fields) {
-    if (n >= cap || !rule.roles.has(f.role)) continue;
+    if (n >= cap || !applies(rule, f)) continue;
     const s = f.text;
     matchAll(token, s, Number.MAX_SAFE_INTEGER, (a, b) => {
       if (n >= cap) return;
@@ -746,7 +966,8 @@ function combination(
   fields: FieldText[],
   out: Finding[],
 ): void {
-  const byField = new Map<string, { rules: Set<string>; start: number; end: number }>();
+  // Rules in one sameSignal group count once; the detail still names every rule that reported.
+  const byField = new Map<string, { rules: Set<string>; signals: Set<string>; start: number; end: number }>();
   for (const f of out) {
     if (
       !rule.categories.has(f.category as never) ||
@@ -754,15 +975,21 @@ function combination(
     )
       continue;
     const key = `${f.target}\u0000${f.path}`;
-    const g = byField.get(key) ?? { rules: new Set<string>(), start: f.span.start, end: f.span.end };
+    const g = byField.get(key) ?? {
+      rules: new Set<string>(),
+      signals: new Set<string>(),
+      start: f.span.start,
+      end: f.span.end,
+    };
     g.rules.add(f.ruleId);
+    g.signals.add(rule.signalOf.get(f.ruleId) ?? f.ruleId);
     g.start = Math.min(g.start, f.span.start);
     g.end = Math.max(g.end, f.span.end);
     byField.set(key, g);
   }
   for (const field of fields) {
     const g = byField.get(`${field.target}\u0000${field.path}`);
-    if (g === undefined || g.rules.size < rule.minRules) continue;
+    if (g === undefined || g.signals.size < rule.minRules) continue;
     out.push(
       finding(rule, field, g.start, g.end, rule.severity, `together: ${[...g.rules].sort().join(", ")}`),
     );
@@ -775,17 +1002,19 @@ function combination(
 export function runRules(rules: readonly CompiledRule[], fields: FieldText[], ctx: ScanContext): Finding[] {
   const out: Finding[] = [];
   const cap = ctx.limits.maxFindingsPerRuleField;
+  // Text rules read each field and its derived views; the other kinds read the fields as written.
+  const texts = [...fields, ...derivedViews(rules, fields, cap)];
   for (const rule of rules) {
     switch (rule.kind) {
       case "regex":
-        for (const f of fields) if (rule.roles.has(f.role)) runPatterns(rule, rule.regexes, f, cap, out);
+        for (const f of texts) if (applies(rule, f)) runPatterns(rule, rule.regexes, f, cap, out);
         break;
       case "keywords":
-        for (const f of fields) if (rule.roles.has(f.role)) runPatterns(rule, [rule.regex], f, cap, out);
+        for (const f of texts) if (applies(rule, f)) runPatterns(rule, [rule.regex], f, cap, out);
         break;
       case "unicode":
         for (const f of fields) {
-          if (!rule.roles.has(f.role)) continue;
+          if (!applies(rule, f)) continue;
           if (rule.check === "chars") unicodeChars(rule, f, cap, out);
           else if (!NON_ASCII.test(f.text)) continue;
           else if (rule.check === "mixed-script") mixedScript(rule, f, cap, out);
@@ -793,7 +1022,7 @@ export function runRules(rules: readonly CompiledRule[], fields: FieldText[], ct
         }
         break;
       case "entropy-blob":
-        for (const f of fields) if (rule.roles.has(f.role)) entropyBlob(rule, f, cap, out);
+        for (const f of fields) if (applies(rule, f)) entropyBlob(rule, f, cap, out);
         break;
       case "length":
         lengthRule(rule, fields, ctx, out);

@@ -71,6 +71,11 @@ interface RuleBase {
   title: string;
   explanation: string;
   fields?: FieldRole[];
+  /**
+   * A pattern the field's JSON path must match (e.g. only defaults and enum values of a
+   * recipient-like parameter); paths are written by the scanner, as in findings.
+   */
+  path?: string;
   enabled?: boolean;
 }
 export interface WindowDef {
@@ -103,7 +108,7 @@ export interface UnicodeRuleDef extends RuleBase {
   scripts?: string[];
   allowedCombinations?: string[][];
 }
-export type BlobEncoding = "base64" | "base32" | "hex" | "percent" | "rot13";
+export type BlobEncoding = "base64" | "base32" | "hex" | "percent" | "escapes" | "rot13" | "reversed";
 export interface EntropyBlobRuleDef extends RuleBase {
   kind: "entropy-blob";
   encoding: BlobEncoding;
@@ -138,6 +143,8 @@ export interface CombinationRuleDef extends RuleBase {
   minRules: number;
   /** Least severity a finding needs to count. */
   minSeverity: Severity;
+  /** Groups of rule ids that are one signal: reporting together, they count once. */
+  sameSignal?: string[][];
 }
 export type RuleDef =
   | RegexRuleDef
@@ -165,6 +172,8 @@ interface CompiledBase {
   title: string;
   explanation: string;
   roles: ReadonlySet<FieldRole>;
+  /** When set, only fields whose path matches are read. */
+  path: RegExp | null;
 }
 /** A context pattern tested on the text around a match. */
 export interface CompiledWindow {
@@ -214,6 +223,8 @@ export type CompiledRule =
       categories: ReadonlySet<Category>;
       minRules: number;
       minSeverity: Severity;
+      /** Rule id to the id standing for its sameSignal group (rules not in a group map to themselves). */
+      signalOf: ReadonlyMap<string, string>;
     });
 
 export interface ScannerRules {
@@ -630,6 +641,7 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
       title: def.title,
       explanation: def.explanation,
       roles: new Set(def.fields ?? DEFAULT_ROLES),
+      path: def.path === undefined ? null : regex(def.path, '"path"', "u"),
     };
     switch (def.kind) {
       case "regex": {
@@ -692,8 +704,8 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
         break;
       }
       case "entropy-blob":
-        if (def.encoding === "rot13" && (def.commonWords ?? []).length < 5)
-          fail('encoding "rot13" needs at least five "commonWords"');
+        if ((def.encoding === "rot13" || def.encoding === "reversed") && (def.commonWords ?? []).length < 5)
+          fail(`encoding "${def.encoding}" needs at least five "commonWords"`);
         rules.push({
           ...base,
           kind: "entropy-blob",
@@ -725,15 +737,25 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
           minNameLength: def.minNameLength ?? 6,
         });
         break;
-      case "combination":
+      case "combination": {
+        const signalOf = new Map<string, string>();
+        for (const group of def.sameSignal ?? []) {
+          const first = group[0] as string;
+          for (const id of group) {
+            if (signalOf.has(id)) fail(`rule "${id}" is in two sameSignal groups`);
+            signalOf.set(id, first);
+          }
+        }
         rules.push({
           ...base,
           kind: "combination",
           categories: new Set(def.categories),
           minRules: def.minRules,
           minSeverity: def.minSeverity,
+          signalOf,
         });
         break;
+      }
     }
   });
   // Combinations read the other rules' findings, so they run last.

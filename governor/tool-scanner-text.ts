@@ -254,3 +254,398 @@ export function isKnownScript(name: string): boolean {
     return false;
   }
 }
+
+// ---- escape sequences ---------------------------------------------------------------------------
+
+/**
+ * One escape token at a position: \xHH, \uHHHH, \u{H..}, \NNN (octal), &#xH..; or &#D..;,
+ * %HH, and 0xHH (a byte written as a hex literal, as in "0x72, 0x6d").
+ */
+const ESCAPE_TOKEN =
+  /\\x([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\u\{([0-9A-Fa-f]{1,6})\}|\\([0-3][0-7]{2})|&#[xX]([0-9A-Fa-f]{1,6});|&#([0-9]{1,7});|%([0-9A-Fa-f]{2})|0[xX]([0-9A-Fa-f]{2})(?![0-9A-Za-z])/y;
+
+interface EscapeToken {
+  end: number;
+  /** A 0xHH literal: such tokens may be separated by ", " or blanks. */
+  literal?: boolean;
+  /** A byte of UTF-8 (\x, octal, %) or a code point (\u, &#). */
+  byte?: number;
+  cp?: number;
+}
+
+function escapeAt(s: string, i: number, percent: boolean): EscapeToken | null {
+  const c = s.charCodeAt(i);
+  // '\\', '&', '%' or '0' start every token; anything else is skipped without running the regex.
+  if (c !== 0x5c && c !== 0x26 && c !== 0x25 && c !== 0x30) return null;
+  // A hex literal starts a word ("0x41", not "100x41").
+  if (c === 0x30 && i > 0 && /[0-9A-Za-z_]/.test(s[i - 1] as string)) return null;
+  ESCAPE_TOKEN.lastIndex = i;
+  const m = ESCAPE_TOKEN.exec(s);
+  if (m === null) return null;
+  const end = i + m[0].length;
+  if (m[1] !== undefined) return { end, byte: parseInt(m[1], 16) };
+  if (m[2] !== undefined) return { end, cp: parseInt(m[2], 16) };
+  if (m[4] !== undefined) return { end, byte: parseInt(m[4], 8) };
+  if (m[7] !== undefined) return percent ? { end, byte: parseInt(m[7], 16) } : null;
+  if (m[8] !== undefined) return { end, byte: parseInt(m[8], 16), literal: true };
+  const cp = parseInt((m[3] ?? m[5] ?? m[6]) as string, m[6] !== undefined ? 10 : 16);
+  return cp <= 0x10ffff ? { end, cp } : null;
+}
+
+/** Accumulates bytes and code points into text, decoding byte runs as UTF-8 (lenient). */
+class EscapeDecoder {
+  private bytes: number[] = [];
+  private byteStarts: number[] = [];
+  private byteEnds: number[] = [];
+  readonly out: string[] = [];
+  readonly starts: number[] = [];
+  readonly ends: number[] = [];
+
+  byte(b: number, start: number, end: number): void {
+    this.bytes.push(b);
+    this.byteStarts.push(start);
+    this.byteEnds.push(end);
+  }
+
+  text(t: string, start: number, end: number): void {
+    this.flush();
+    for (let k = 0; k < t.length; k++) {
+      this.out.push(t[k] as string);
+      this.starts.push(start);
+      this.ends.push(end);
+    }
+  }
+
+  flush(): void {
+    if (this.bytes.length === 0) return;
+    const text = new TextDecoder("utf-8").decode(Uint8Array.from(this.bytes));
+    // Every decoded unit maps to the whole byte run: UTF-8 sequences do not map one to one.
+    const start = this.byteStarts[0] as number;
+    const end = this.byteEnds[this.byteEnds.length - 1] as number;
+    if (text.length === this.bytes.length) {
+      // ASCII: one unit per byte, so each keeps its own escape.
+      for (let k = 0; k < text.length; k++) {
+        this.out.push(text[k] as string);
+        this.starts.push(this.byteStarts[k] as number);
+        this.ends.push(this.byteEnds[k] as number);
+      }
+    } else
+      for (let k = 0; k < text.length; k++) {
+        this.out.push(text[k] as string);
+        this.starts.push(start);
+        this.ends.push(end);
+      }
+    this.bytes = [];
+    this.byteStarts = [];
+    this.byteEnds = [];
+  }
+}
+
+/** After a 0xHH literal at `end`: where the next literal starts when only ", " or blanks separate them, or -1. */
+function nextLiteral(s: string, end: number): number {
+  let k = end;
+  while (k < s.length && k - end < 3 && (s[k] === "," || s[k] === " ")) k++;
+  if (k === end) return -1;
+  const t = escapeAt(s, k, false);
+  return t?.literal === true ? k : -1;
+}
+
+/** Maximal runs of at least minTokens consecutive escape tokens (\x, \u, \u{}, octal, &#), as [start, end). */
+export function escapeRuns(s: string, minTokens: number): { start: number; end: number; tokens: number }[] {
+  const out: { start: number; end: number; tokens: number }[] = [];
+  let i = 0;
+  while (i < s.length) {
+    let t = escapeAt(s, i, false);
+    if (t === null) {
+      i++;
+      continue;
+    }
+    const start = i;
+    let tokens = 0;
+    while (t !== null) {
+      tokens++;
+      i = t.end;
+      const next = t.literal === true ? nextLiteral(s, i) : -1;
+      if (next >= 0) i = next;
+      t = escapeAt(s, i, false);
+    }
+    if (tokens >= minTokens) out.push({ start, end: i, tokens });
+  }
+  return out;
+}
+
+/** Decodes a run made only of escape tokens to UTF-8 bytes; null when something else is in it. */
+export function decodeEscapes(run: string): Uint8Array | null {
+  const d = new EscapeDecoder();
+  let i = 0;
+  while (i < run.length) {
+    const t = escapeAt(run, i, false);
+    if (t === null) return null;
+    if (t.byte !== undefined) d.byte(t.byte, i, t.end);
+    else d.text(String.fromCodePoint(t.cp as number), i, t.end);
+    i = t.end;
+    const next = t.literal === true ? nextLiteral(run, i) : -1;
+    if (next >= 0) i = next;
+  }
+  d.flush();
+  return Uint8Array.from(Buffer.from(d.out.join(""), "utf8"));
+}
+
+/** A string read another way, with each code unit mapped back to its source span. */
+export interface TextView {
+  text: string;
+  srcStart: Uint32Array;
+  srcEnd: Uint32Array;
+}
+
+/**
+ * The string with every escape (\xHH, \uHHHH, \u{H}, octal, &#..;, %HH, 0xHH) replaced by what
+ * it stands for, when it holds at least minTokens of them; null otherwise. Text between escapes
+ * is kept, so "ignore%20previous%20instructions" reads "ignore previous instructions".
+ */
+export function unescapeView(s: string, minTokens: number): TextView | null {
+  const d = new EscapeDecoder();
+  let tokens = 0;
+  let i = 0;
+  while (i < s.length) {
+    const t = escapeAt(s, i, true);
+    if (t === null) {
+      const cp = s.codePointAt(i) as number;
+      const ch = String.fromCodePoint(cp);
+      d.text(ch, i, i + ch.length);
+      i += ch.length;
+      continue;
+    }
+    tokens++;
+    if (t.byte !== undefined) d.byte(t.byte, i, t.end);
+    else d.text(String.fromCodePoint(t.cp as number), i, t.end);
+    i = t.end;
+    const next = t.literal === true ? nextLiteral(s, i) : -1;
+    if (next >= 0) i = next;
+  }
+  d.flush();
+  if (tokens < minTokens) return null;
+  return { text: d.out.join(""), srcStart: Uint32Array.from(d.starts), srcEnd: Uint32Array.from(d.ends) };
+}
+
+// ---- look-alike letters -------------------------------------------------------------------------
+
+/**
+ * Cyrillic, Greek and other letters that render like Latin ones (a subset of the UTS #39
+ * confusables), each one UTF-16 unit mapped to one ASCII letter.
+ */
+const CONFUSABLE_TO_LATIN: Readonly<Record<string, string>> = {
+  // Cyrillic
+  а: "a",
+  в: "b",
+  е: "e",
+  ё: "e",
+  к: "k",
+  м: "m",
+  н: "h",
+  о: "o",
+  р: "p",
+  с: "c",
+  т: "t",
+  у: "y",
+  х: "x",
+  ѕ: "s",
+  і: "i",
+  ї: "i",
+  ј: "j",
+  һ: "h",
+  ԁ: "d",
+  ԛ: "q",
+  ԝ: "w",
+  ӏ: "l",
+  ɡ: "g",
+  ʏ: "y",
+  А: "A",
+  В: "B",
+  Е: "E",
+  К: "K",
+  М: "M",
+  Н: "H",
+  О: "O",
+  Р: "P",
+  С: "C",
+  Т: "T",
+  Х: "X",
+  У: "Y",
+  Ѕ: "S",
+  І: "I",
+  Ј: "J",
+  Ԁ: "D",
+  Ԛ: "Q",
+  Ԝ: "W",
+  Ӏ: "I",
+  // Greek
+  α: "a",
+  ο: "o",
+  ρ: "p",
+  ν: "v",
+  τ: "t",
+  ι: "i",
+  κ: "k",
+  ε: "e",
+  υ: "u",
+  χ: "x",
+  ϲ: "c",
+  ϳ: "j",
+  Α: "A",
+  Β: "B",
+  Ε: "E",
+  Ζ: "Z",
+  Η: "H",
+  Ι: "I",
+  Κ: "K",
+  Μ: "M",
+  Ν: "N",
+  Ο: "O",
+  Ρ: "P",
+  Τ: "T",
+  Υ: "Y",
+  Χ: "X",
+  // Armenian and others
+  օ: "o",
+  ս: "u",
+  ց: "g",
+  հ: "h",
+  ո: "n",
+  ք: "f",
+};
+const LATIN_LETTER = /^\p{Script=Latin}$/u;
+
+/**
+ * The string with look-alike letters replaced by the Latin letters they imitate, in words that
+ * mix them with Latin letters ("ignоre" with a Cyrillic о); null when no word does. Each unit
+ * maps to itself, so offsets are unchanged. Words wholly in another script are left alone.
+ */
+export function confusableView(s: string): string | null {
+  let out: string[] | null = null;
+  const word = /[\p{L}\p{M}]{1,200}/gu;
+  for (const m of s.matchAll(word)) {
+    const w = m[0];
+    let latin = false;
+    let lookalike = false;
+    for (const ch of w) {
+      if (CONFUSABLE_TO_LATIN[ch] !== undefined) lookalike = true;
+      else if (LATIN_LETTER.test(ch)) latin = true;
+    }
+    if (!latin || !lookalike) continue;
+    out ??= s.split("");
+    for (let k = 0; k < w.length; k++) {
+      const rep = CONFUSABLE_TO_LATIN[w[k] as string];
+      if (rep !== undefined) out[m.index + k] = rep;
+    }
+  }
+  if (out === null) return null;
+  return out.join("");
+}
+
+// ---- leetspeak and spaced-out letters -----------------------------------------------------------
+
+const LEET: Readonly<Record<string, string>> = {
+  "0": "o",
+  "1": "i",
+  "3": "e",
+  "4": "a",
+  "5": "s",
+  "7": "t",
+  "8": "b",
+  "@": "a",
+  $: "s",
+};
+
+/**
+ * The string with digits and symbols standing in for letters read as letters ("1gn0r3" reads
+ * "ignore") in tokens that mix them with letters, when at least two tokens of three or more
+ * characters with two or more letters do (so "A1:B2" or "v2" alone change nothing); null
+ * otherwise. One unit maps to one unit, so offsets are unchanged.
+ */
+export function leetView(s: string): string | null {
+  const tokens: { at: number; w: string }[] = [];
+  let strong = 0;
+  for (const m of s.matchAll(/[A-Za-z0-9@$]{2,64}/g)) {
+    const w = m[0];
+    if (!/[A-Za-z]/.test(w) || !/[0134578@$]/.test(w)) continue;
+    tokens.push({ at: m.index, w });
+    if (w.length >= 3 && /[A-Za-z][^A-Za-z]{0,64}[A-Za-z]/.test(w)) strong++;
+  }
+  if (strong < 2) return null;
+  const out = s.split("");
+  for (const { at, w } of tokens)
+    for (let k = 0; k < w.length; k++) {
+      const rep = LEET[w[k] as string];
+      if (rep !== undefined) out[at + k] = rep;
+    }
+  return out.join("");
+}
+
+const LETTER = /^\p{L}$/u;
+const SPACER = new Set([" ", ".", "-", "_", "*", "\u00b7", "|", "/", "+", "~"]);
+
+/**
+ * Text spelled out one letter at a time ("i g n o r e  a l l", "i.g.n.o.r.e") joined back into
+ * words: letters separated by the run's spacer character join; a wider gap, or another spacer
+ * ("d.o n.o.t"), becomes one space. Only
+ * runs of at least minLetters letters are joined; null when there is none. Each unit of the
+ * view maps back to the letter (or gap) it came from.
+ */
+export function spacedView(s: string, minLetters = 6): TextView | null {
+  const out: string[] = [];
+  const starts: number[] = [];
+  const ends: number[] = [];
+  const push = (ch: string, a: number, b: number): void => {
+    out.push(ch);
+    starts.push(a);
+    ends.push(b);
+  };
+  let joined = false;
+  let i = 0;
+  const isLetterAt = (k: number): boolean => k < s.length && LETTER.test(s[k] as string);
+  while (i < s.length) {
+    // A run: letter, then repeatedly (one spacer, letter) or (a gap of 2-4 blanks, letter),
+    // where each letter stands alone (no letter right after it).
+    const single = (k: number): boolean => isLetterAt(k) && !isLetterAt(k + 1) && !isLetterAt(k - 1);
+    if (!single(i)) {
+      push(s[i] as string, i, i + 1);
+      i++;
+      continue;
+    }
+    const letters: { at: number; gapBefore: boolean }[] = [{ at: i, gapBefore: false }];
+    // The spacer inside words is the first one used; another one (a blank between "d.o n.o.t") is a word gap.
+    let sep: string | undefined;
+    let k = i + 1;
+    for (;;) {
+      const c = s[k] as string;
+      if (k < s.length && SPACER.has(c) && single(k + 1)) {
+        sep ??= c;
+        letters.push({ at: k + 1, gapBefore: c !== sep });
+        k += 2;
+        continue;
+      }
+      let g = k;
+      while (g < s.length && g - k < 4 && (s[g] === " " || s[g] === "\t")) g++;
+      if (g - k >= 2 && single(g) && letters.length > 0) {
+        letters.push({ at: g, gapBefore: true });
+        k = g + 1;
+        continue;
+      }
+      break;
+    }
+    if (letters.length >= minLetters) {
+      joined = true;
+      for (const l of letters) {
+        if (l.gapBefore) push(" ", l.at - 1, l.at);
+        push(s[l.at] as string, l.at, l.at + 1);
+      }
+      i = k;
+    } else {
+      push(s[i] as string, i, i + 1);
+      i++;
+    }
+  }
+  if (!joined) return null;
+  return { text: out.join(""), srcStart: Uint32Array.from(starts), srcEnd: Uint32Array.from(ends) };
+}

@@ -3,9 +3,13 @@
  * — name, title, description, annotations, and the input and output schemas
  * recursively (property names and descriptions, titles, enum values, defaults,
  * examples) — and reports findings from the rules in policies/scanner-rules.json:
- * instructions addressed to the model, hidden markup, references to other tools
- * or servers, sensitive paths, exfiltration URLs, invisible or deceptive
- * Unicode, encoded blobs and abnormal length.
+ * instructions addressed to the model (in English and other major languages),
+ * hidden markup, references to other tools or servers, sensitive paths,
+ * exfiltration URLs and values, invisible or deceptive Unicode, encoded blobs
+ * and abnormal length. Text rules also read derived views of each string (what
+ * its encodings decode to, its escapes decoded, look-alike letters, digits and
+ * spaced-out letters read as words), so an instruction is judged by what it
+ * says however it is written; such findings point at the encoded span.
  *
  * The input is untrusted. Limits (DEFAULT_SCAN_LIMITS): definition size, nesting
  * depth, number of fields, characters scanned per string, findings kept. The

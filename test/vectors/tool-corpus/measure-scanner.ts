@@ -1,9 +1,10 @@
-// Measures the tool-definition scanner (governor/tool-scanner.ts) on one half of the labelled corpus:
-// detection per poisoned category and false positives on benign snapshots and hard negatives.
+// Measures the tool-definition scanner (governor/tool-scanner.ts) on one half of the labelled corpus, or
+// on all of it: detection per poisoned category and false positives on benign snapshots and hard negatives.
 //
-//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --half tune [--json] [--list] [--no-catalog] [--rules FILE]
+//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]
 //
-// Tune rules on --half tune only; run --half holdout once for the figures that are reported.
+// Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
+// of this (round 1) corpus is tuning data (--half all); held-out figures come from a later round.
 //
 // Counting: a poisoned item is detected "at expected severity" when some finding in its category (or a
 // category in its `also` list) has at least its severity_expected (high, or medium); "any severity" counts
@@ -30,6 +31,9 @@ import {
   type PoisonCategory,
 } from "./corpus.js";
 import { splitCorpus, type Half } from "./split.js";
+
+/** A half of the corpus, or "all" of it (both halves). */
+export type Part = Half | "all";
 
 export interface CategoryFigures {
   category: PoisonCategory;
@@ -58,7 +62,7 @@ export interface ItemOutcome {
 }
 
 export interface ScannerMeasurement {
-  half: Half;
+  half: Part;
   catalog: boolean;
   rulesVersion: string;
   categories: CategoryFigures[];
@@ -80,14 +84,14 @@ function serverOf(item: CorpusItem): string {
   return item.key;
 }
 
-/** Scans one half of the corpus and counts. */
+/** Scans one half of the corpus (or all of it) and counts. */
 export function measureScanner(
   corpus: Corpus,
-  half: Half,
+  half: Part,
   options: { rules?: ScannerRules; catalog?: boolean } = {},
 ): ScannerMeasurement {
   const { rules } = options;
-  const items = splitCorpus(corpus)[half];
+  const items = half === "all" ? corpus.items : splitCorpus(corpus)[half];
   // Without the catalog the scanner sees each tool alone: no cross-server or look-alike checks.
   const catalog =
     options.catalog === false
@@ -191,7 +195,7 @@ const pctRate = (r: number): string => `${(100 * r).toFixed(1).padStart(5)}%`;
 export function formatMeasurement(m: ScannerMeasurement, list = false): string {
   const out: string[] = [];
   out.push(
-    `tool-definition scanner on the ${m.half} half (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
+    `tool-definition scanner on ${m.half === "all" ? "the whole corpus" : `the ${m.half} half`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
     "",
   );
   out.push(
@@ -238,7 +242,7 @@ function summarize(o: ItemOutcome, only?: "high" | "medium"): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let half: Half | undefined;
+  let half: Part | undefined;
   let json = false;
   let list = false;
   let rulesPath: string | undefined;
@@ -247,7 +251,7 @@ async function main(argv: string[]): Promise<number> {
     const a = argv[i];
     if (a === "--half") {
       const v = argv[++i];
-      if (v !== "tune" && v !== "holdout") break;
+      if (v !== "tune" && v !== "holdout" && v !== "all") break;
       half = v;
     } else if (a === "--json") json = true;
     else if (a === "--list") list = true;
@@ -260,7 +264,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (half === undefined) {
     process.stderr.write(
-      "usage: measure-scanner.ts --half tune|holdout [--json] [--list] [--no-catalog] [--rules FILE]\n",
+      "usage: measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]\n",
     );
     return 2;
   }
