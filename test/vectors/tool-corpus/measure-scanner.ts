@@ -2,9 +2,11 @@
 // on all of it: detection per poisoned category and false positives on benign snapshots and hard negatives.
 //
 //   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]
+//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --round 2 [--json] [--list] ...
 //
 // Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
-// of this (round 1) corpus is tuning data (--half all); held-out figures come from a later round.
+// of this (round 1) corpus is tuning data (--half all); held-out figures come from round 2 (round-2/),
+// written blind to the rules and measured whole with --round 2.
 //
 // Counting: a poisoned item is detected "at expected severity" when some finding in its category (or a
 // category in its `also` list) has at least its severity_expected (high, or medium); "any severity" counts
@@ -15,6 +17,7 @@
 // Each tool is scanned with the catalog of every snapshotted tool (names and servers only, both halves) as
 // the other tools a gateway would serve beside it; a poisoned item belongs to its own new server, except
 // rug pulls (`mutates`), which belong to the server whose tool they replace.
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   loadScannerRules,
@@ -25,10 +28,12 @@ import {
 import { SEVERITY_RANK as RANK } from "../../../governor/tool-scanner-rules.js";
 import {
   POISON_CATEGORIES,
+  CORPUS_DIR,
   loadCorpus,
   type Corpus,
   type CorpusItem,
   type PoisonCategory,
+  type Snapshot,
 } from "./corpus.js";
 import { splitCorpus, type Half } from "./split.js";
 
@@ -63,6 +68,8 @@ export interface ItemOutcome {
 
 export interface ScannerMeasurement {
   half: Part;
+  /** Set for round 2 (round-2/), measured whole. */
+  round?: 2;
   catalog: boolean;
   rulesVersion: string;
   categories: CategoryFigures[];
@@ -88,7 +95,7 @@ function serverOf(item: CorpusItem): string {
 export function measureScanner(
   corpus: Corpus,
   half: Part,
-  options: { rules?: ScannerRules; catalog?: boolean } = {},
+  options: { rules?: ScannerRules; catalog?: boolean; catalogSnapshots?: readonly Snapshot[] } = {},
 ): ScannerMeasurement {
   const { rules } = options;
   const items = half === "all" ? corpus.items : splitCorpus(corpus)[half];
@@ -96,7 +103,9 @@ export function measureScanner(
   const catalog =
     options.catalog === false
       ? []
-      : corpus.snapshots.flatMap((s) => s.tools.map((t) => ({ name: String(t.name), server: s.server })));
+      : (options.catalogSnapshots ?? corpus.snapshots).flatMap((s) =>
+          s.tools.map((t) => ({ name: String(t.name), server: s.server })),
+        );
   const outcomes: ItemOutcome[] = [];
   const cats = new Map<PoisonCategory, CategoryFigures>(
     POISON_CATEGORIES.map((c) => [
@@ -192,10 +201,26 @@ const pct = (n: number, d: number): string =>
   d === 0 ? "   -  " : `${((100 * n) / d).toFixed(1).padStart(5)}%`;
 const pctRate = (r: number): string => `${(100 * r).toFixed(1).padStart(5)}%`;
 
+/**
+ * Round 2 (round-2/): written after rules 1.0.0 were measured, blind to the rules, and never tuned
+ * on; measured whole. Its rug pulls mutate round-1 tools, so the catalog holds both rounds' snapshots.
+ */
+export function measureRound2(options: { rules?: ScannerRules; catalog?: boolean } = {}): ScannerMeasurement {
+  const round1 = loadCorpus();
+  const round2 = loadCorpus(join(CORPUS_DIR, "round-2"));
+  return {
+    ...measureScanner(round2, "all", {
+      ...options,
+      catalogSnapshots: [...round1.snapshots, ...round2.snapshots],
+    }),
+    round: 2,
+  };
+}
+
 export function formatMeasurement(m: ScannerMeasurement, list = false): string {
   const out: string[] = [];
   out.push(
-    `tool-definition scanner on ${m.half === "all" ? "the whole corpus" : `the ${m.half} half`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
+    `tool-definition scanner on ${m.round === 2 ? "round 2 (held out)" : m.half === "all" ? "the whole of round 1" : `the ${m.half} half of round 1`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
     "",
   );
   out.push(
@@ -247,9 +272,14 @@ async function main(argv: string[]): Promise<number> {
   let list = false;
   let rulesPath: string | undefined;
   let catalog = true;
+  let round2 = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === "--half") {
+    if (a === "--round") {
+      if (argv[++i] !== "2") break;
+      round2 = true;
+      half = "all";
+    } else if (a === "--half") {
       const v = argv[++i];
       if (v !== "tune" && v !== "holdout" && v !== "all") break;
       half = v;
@@ -264,11 +294,14 @@ async function main(argv: string[]): Promise<number> {
   }
   if (half === undefined) {
     process.stderr.write(
-      "usage: measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]\n",
+      "usage: measure-scanner.ts --half tune|holdout|all | --round 2   [--json] [--list] [--no-catalog] [--rules FILE]\n",
     );
     return 2;
   }
-  const m = measureScanner(loadCorpus(), half, { rules: loadScannerRules(rulesPath), catalog });
+  const rules = loadScannerRules(rulesPath);
+  const m = round2
+    ? measureRound2({ rules, catalog })
+    : measureScanner(loadCorpus(), half, { rules, catalog });
   process.stdout.write(json ? `${JSON.stringify(m, null, 2)}\n` : formatMeasurement(m, list));
   return 0;
 }
