@@ -1,7 +1,9 @@
-// Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json (round 1) or
-// round-2/benign/<server>.json (round 2, a held-out set of servers not in round 1).
+// Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json (round 1),
+// round-2/benign/<server>.json (round 2, a held-out set of servers not in round 1) or
+// round-3/benign/<server>.json (round 3, a second held-out set, in neither round 1 nor round 2).
 // Run from the repository root: node --import tsx test/vectors/tool-corpus/snapshot-servers.ts [options]
-//   --round N       which pinned list to snapshot: 1 (default, SERVERS) or 2 (ROUND_2_SERVERS)
+//   --round N       which pinned list to snapshot: 1 (default, SERVERS), 2 (ROUND_2_SERVERS) or 3
+//                   (ROUND_3_SERVERS)
 //   --only a,b      snapshot only these servers of the round (by `name` below, including ones marked `skip`)
 //   --scratch DIR   install directory (default: $TMPDIR/cmcp-tool-corpus, outside the repository)
 //   --all           also try the servers marked `skip` (known to fail offline)
@@ -536,18 +538,220 @@ export const ROUND_2_SERVERS: ServerSpec[] = [
   },
 ];
 
+/**
+ * Round 3: a second held-out set of servers, none of them in round 1 or round 2 (checked at run
+ * time), pinned to the latest version on the day they were chosen, before any round-3 measurement.
+ */
+export const ROUND_3_SERVERS: ServerSpec[] = [
+  {
+    name: "browserstack-mcp-server",
+    pkg: "@browserstack/mcp-server",
+    version: "1.4.2",
+    env: { BROWSERSTACK_USERNAME: "dummy", BROWSERSTACK_ACCESS_KEY: DUMMY },
+  },
+  { name: "mastra-mcp-docs-server", pkg: "@mastra/mcp-docs-server", version: "1.2.27" },
+  {
+    name: "smartbear-mcp",
+    pkg: "@smartbear/mcp",
+    version: "0.41.0",
+    env: { BUGSNAG_AUTH_TOKEN: DUMMY, SWAGGER_API_KEY: DUMMY, REFLECT_API_TOKEN: DUMMY },
+    skip: "imports enableCompileCache from node:module (Node 22.1+) and crashes on load",
+  },
+  {
+    name: "rollbar-mcp-server",
+    pkg: "@rollbar/mcp-server",
+    version: "0.6.0",
+    env: { ROLLBAR_ACCESS_TOKEN: DUMMY },
+  },
+  { name: "google-cloud-observability-mcp", pkg: "@google-cloud/observability-mcp", version: "0.2.3" },
+  { name: "google-cloud-storage-mcp", pkg: "@google-cloud/storage-mcp", version: "0.6.0" },
+  {
+    name: "digitalocean-mcp",
+    pkg: "@digitalocean/mcp",
+    version: "1.0.70",
+    env: { DIGITALOCEAN_API_TOKEN: DUMMY },
+  },
+  {
+    name: "xero-mcp-server",
+    pkg: "@xeroapi/xero-mcp-server",
+    version: "0.0.17",
+    env: { XERO_CLIENT_ID: "dummy", XERO_CLIENT_SECRET: DUMMY },
+  },
+  {
+    name: "coingecko-mcp",
+    pkg: "@coingecko/coingecko-mcp",
+    version: "8.2.0",
+    env: { COINGECKO_DEMO_API_KEY: DUMMY, COINGECKO_ENVIRONMENT: "demo" },
+    skip: "npm install fetches a dependency tarball from GitHub (only the npm registry is reachable)",
+  },
+  {
+    name: "telnyx-mcp",
+    pkg: "telnyx-mcp",
+    version: "7.17.0",
+    env: { TELNYX_API_KEY: DUMMY },
+    skip: "npm install fetches a dependency tarball from GitHub (only the npm registry is reachable)",
+  },
+  { name: "iterable-mcp", pkg: "@iterable/mcp", version: "1.9.0", env: { ITERABLE_API_KEY: DUMMY } },
+  { name: "resend-mcp", pkg: "resend-mcp", version: "2.22.0", env: { RESEND_API_KEY: "re_" + DUMMY } },
+  {
+    name: "backlog-mcp-server",
+    pkg: "backlog-mcp-server",
+    version: "0.20.4",
+    env: { BACKLOG_DOMAIN: "dummy.backlog.com", BACKLOG_API_KEY: DUMMY },
+  },
+  {
+    name: "chatwork-mcp-server",
+    pkg: "@chatwork/mcp-server",
+    version: "0.0.4",
+    env: { CHATWORK_API_TOKEN: DUMMY },
+  },
+  {
+    name: "alibabacloud-devops-mcp-server",
+    pkg: "alibabacloud-devops-mcp-server",
+    version: "0.3.64",
+    env: { YUNXIAO_ACCESS_TOKEN: DUMMY },
+  },
+  {
+    name: "minimax-mcp-js",
+    pkg: "minimax-mcp-js",
+    version: "0.0.18",
+    env: { MINIMAX_API_KEY: DUMMY, MINIMAX_API_HOST: "https://api.minimax.io" },
+  },
+  {
+    name: "variflight-mcp",
+    pkg: "@variflight-ai/variflight-mcp",
+    version: "1.0.3",
+    env: { VARIFLIGHT_API_KEY: DUMMY },
+  },
+  {
+    name: "semi-mcp",
+    pkg: "@douyinfe/semi-mcp",
+    version: "1.0.22",
+    skip: "requests semi.design at startup and exits when that fails (no network here)",
+  },
+  {
+    name: "mastergo-magic-mcp",
+    pkg: "@mastergo/magic-mcp",
+    version: "0.1.2",
+    args: ["--token=" + DUMMY],
+  },
+  {
+    name: "hf-mcp-server",
+    pkg: "@llmindset/hf-mcp-server",
+    version: "0.4.23",
+    env: { HF_TOKEN: "hf_" + DUMMY },
+  },
+  {
+    name: "infisical-mcp",
+    pkg: "@infisical/mcp",
+    version: "0.0.24",
+    env: {
+      INFISICAL_UNIVERSAL_AUTH_CLIENT_ID: "dummy",
+      INFISICAL_UNIVERSAL_AUTH_CLIENT_SECRET: DUMMY,
+      INFISICAL_HOST_URL: "http://127.0.0.1:9",
+    },
+  },
+  {
+    name: "doppler-mcp",
+    pkg: "@dopplerhq/mcp-server",
+    version: "1.0.5",
+    env: { DOPPLER_TOKEN: "dp.pt." + DUMMY },
+    skip: "checks its token against the Doppler API at startup and exits when that fails (no network here)",
+  },
+  { name: "checkpoint-quantum-management-mcp", pkg: "@chkp/quantum-management-mcp", version: "1.4.10" },
+  {
+    name: "fr24api-mcp",
+    pkg: "@flightradar24/fr24api-mcp",
+    version: "1.0.2",
+    env: { FR24_API_KEY: DUMMY },
+  },
+  { name: "server-pdf", pkg: "@modelcontextprotocol/server-pdf", version: "2.0.4", args: ["--stdio"] },
+  {
+    name: "clarity-mcp-server",
+    pkg: "@microsoft/clarity-mcp-server",
+    version: "2.0.1",
+    args: ["--clarity_api_token=" + DUMMY],
+  },
+  {
+    name: "cloudinary-asset-management-mcp",
+    pkg: "@cloudinary/asset-management-mcp",
+    version: "0.11.0",
+    bin: "mcp",
+    args: ["start"],
+    env: { CLOUDINARY_URL: "cloudinary://000000000000000:" + DUMMY + "@dummy" },
+  },
+  {
+    name: "deepl-mcp-server",
+    pkg: "deepl-mcp-server",
+    version: "0.1.3-beta.0",
+    env: { DEEPL_API_KEY: DUMMY },
+  },
+  {
+    name: "plane-mcp-server",
+    pkg: "@makeplane/plane-mcp-server",
+    version: "0.1.5",
+    env: { PLANE_API_KEY: DUMMY, PLANE_WORKSPACE_SLUG: "dummy", PLANE_API_HOST_URL: "http://127.0.0.1:9" },
+  },
+  { name: "discourse-mcp", pkg: "@discourse/mcp", version: "0.3.1" },
+  {
+    name: "kentico-management-api-mcp",
+    pkg: "@kentico/management-api-mcp",
+    version: "31.8.4",
+    env: { MANAGEMENT_API_URL: "http://127.0.0.1:9", MANAGEMENT_API_SECRET: DUMMY + DUMMY },
+    skip: "builds its tools from the OpenAPI spec of a running Xperience host app; lists none without one",
+  },
+  {
+    name: "commercetools-commerce-mcp",
+    pkg: "@commercetools/commerce-mcp",
+    version: "4.1.0",
+    skip: "npm install fails: its dependency @commercetools/checkout-sdk@^1.0.0 has no matching version (ETARGET)",
+  },
+  {
+    name: "home-assistant-mcp",
+    pkg: "@coolver/home-assistant-mcp",
+    version: "3.2.31",
+    env: { HA_AGENT_URL: "http://127.0.0.1:9", HA_AGENT_KEY: DUMMY },
+    skip: "checks its connection to the HA Vibecode Agent add-on at startup and exits when it fails",
+  },
+  {
+    name: "metabase-mcp-server",
+    pkg: "@cognitionai/metabase-mcp-server",
+    version: "2.2.0",
+    env: { METABASE_URL: "http://127.0.0.1:9", METABASE_API_KEY: DUMMY },
+  },
+  { name: "jina-mcp-tools", pkg: "jina-mcp-tools", version: "1.2.3", env: { JINA_API_KEY: "jina_" + DUMMY } },
+  { name: "transloadit-mcp", pkg: "@transloadit/mcp-server", version: "0.3.31" },
+  {
+    name: "glean-local-mcp-server",
+    pkg: "@gleanwork/local-mcp-server",
+    version: "0.7.6",
+    env: { GLEAN_INSTANCE: "dummy", GLEAN_API_TOKEN: DUMMY },
+  },
+  {
+    name: "henkey-postgres-mcp-server",
+    pkg: "@henkey/postgres-mcp-server",
+    version: "1.0.7",
+    args: ["--connection-string", "postgresql://127.0.0.1:9/none"],
+  },
+  { name: "openzeppelin-contracts-mcp", pkg: "@openzeppelin/contracts-mcp", version: "0.7.1" },
+  { name: "open-meteo-mcp-server", pkg: "open-meteo-mcp-server", version: "2.1.0" },
+];
+
+type RoundNumber = 1 | 2 | 3;
+
 interface Round {
   servers: ServerSpec[];
   /** Output directory, relative to this file's directory. */
   outDir: string;
 }
 
-const ROUNDS: Record<1 | 2, Round> = {
+const ROUNDS: Record<RoundNumber, Round> = {
   1: { servers: SERVERS, outDir: "benign" },
   2: { servers: ROUND_2_SERVERS, outDir: join("round-2", "benign") },
+  3: { servers: ROUND_3_SERVERS, outDir: join("round-3", "benign") },
 };
 
-/** Names and packages of a later round must not appear in an earlier one (nor twice in any round). */
+/** No name or package may be pinned in two rounds (nor twice in one round); checks every round. */
 function checkRounds(): void {
   const seen = new Map<string, string>();
   for (const [round, { servers }] of Object.entries(ROUNDS))
@@ -743,17 +947,18 @@ async function snapshot(spec: ServerSpec, scratch: string, outDir: string): Prom
 }
 
 interface Options {
-  round: 1 | 2;
+  round: RoundNumber;
   only?: Set<string>;
   scratch: string;
   list: boolean;
   all: boolean;
 }
 
-function parseRound(a: string | undefined): 1 | 2 {
+function parseRound(a: string | undefined): RoundNumber {
   if (a === "1") return 1;
   if (a === "2") return 2;
-  throw new Error(`--round takes 1 or 2, not ${a ?? "nothing"}`);
+  if (a === "3") return 3;
+  throw new Error(`--round takes 1, 2 or 3, not ${a ?? "nothing"}`);
 }
 
 function parseArgs(argv: string[]): Options {
