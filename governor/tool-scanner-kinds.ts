@@ -416,7 +416,12 @@ function compatibilityForms(
     }
     i = next;
   }
-  const severity = IDENTIFIER_ROLES.has(field.role) ? rule.identifierSeverity : rule.severity;
+  const base = IDENTIFIER_ROLES.has(field.role) ? rule.identifierSeverity : rule.severity;
+  // A long run of look-alike letters (a whole phrase in mathematical or fullwidth letters) is
+  // written to slip past word matching: reported at wordSeverity when one is set.
+  const letters = runs.reduce((n, r) => n + r.plain.replace(/[0-9]/g, "").length, 0);
+  const severity =
+    rule.wordSeverity !== undefined && letters >= rule.wordMinLetters ? maxOf(base, rule.wordSeverity) : base;
   for (const r of runs.slice(0, cap))
     out.push(finding(rule, field, r.start, r.end, severity, `reads as "${r.plain}" once normalized (NFKC)`));
 }
@@ -432,6 +437,60 @@ interface Candidate {
   end: number;
   /** URL-safe base64: reported only when it decodes to text (ids and tokens use the same alphabet). */
   urlSafe?: boolean;
+  /** A list of decimal character codes (String.fromCharCode(102,101,...), chr(...) lists). */
+  charCodes?: boolean;
+}
+
+/** Comma-separated decimal character codes, eight or more, each 2-3 digits. */
+const CHAR_CODE_LIST = /(?<![\d.])\d{2,3}(?:[ \t]{0,2},[ \t]{0,2}\d{2,3}){7,4000}(?![\d.])/g;
+
+function charCodeRuns(s: string, minLength: number): Candidate[] {
+  const out: Candidate[] = [];
+  matchAll(CHAR_CODE_LIST, s, Number.MAX_SAFE_INTEGER, (start, end) => {
+    if (end - start >= minLength) out.push({ start, end, charCodes: true });
+  });
+  return out;
+}
+
+/**
+ * What a list of character codes spells, when every code is printable ASCII (or a tab or newline)
+ * and it holds at least `minWords` runs of letters: code needs no spaces to be read.
+ */
+function charCodeText(list: string, minWords: number): string | null {
+  let text = "";
+  for (const n of list.split(",")) {
+    const c = Number(n.trim());
+    if (!(c === 9 || c === 10 || c === 13 || (c >= 32 && c < 127))) return null;
+    text += String.fromCharCode(c);
+  }
+  return (text.match(/[A-Za-z]{2,}/g) ?? []).length >= minWords ? text : null;
+}
+
+/** Magic numbers of binary formats worth a reviewer's look when found base64-encoded in a definition. */
+const BINARY_MAGIC: readonly { name: string; bytes: readonly number[] }[] = [
+  { name: "ELF executable", bytes: [0x7f, 0x45, 0x4c, 0x46] },
+  { name: "Windows executable", bytes: [0x4d, 0x5a] },
+  { name: "Mach-O executable", bytes: [0xcf, 0xfa, 0xed, 0xfe] },
+  { name: "zip archive", bytes: [0x50, 0x4b, 0x03, 0x04] },
+  { name: "7z archive", bytes: [0x37, 0x7a, 0xbc, 0xaf] },
+  { name: "bzip2 data", bytes: [0x42, 0x5a, 0x68] },
+  { name: "xz data", bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a] },
+  { name: "WebAssembly module", bytes: [0x00, 0x61, 0x73, 0x6d] },
+  { name: "Java class", bytes: [0xca, 0xfe, 0xba, 0xbe] },
+  { name: "Python bytecode or pickle", bytes: [0x80] },
+];
+
+function binaryMagic(bytes: Uint8Array): string | null {
+  for (const m of BINARY_MAGIC)
+    if (bytes.length >= Math.max(8, m.bytes.length) && m.bytes.every((b, i) => bytes[i] === b)) return m.name;
+  return null;
+}
+
+/** Share of printable ASCII (and tab, newline) among the bytes. */
+function printableShare(bytes: Uint8Array): number {
+  let n = 0;
+  for (const b of bytes) if ((b >= 32 && b < 127) || b === 9 || b === 10 || b === 13) n++;
+  return bytes.length === 0 ? 0 : n / bytes.length;
 }
 
 /** Maximal runs of `ok` characters, optionally followed by '=' padding, bounded by non-alphanumerics. */
@@ -563,7 +622,10 @@ function candidatesFor(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, s:
     case "percent":
       return percentRuns(s, rule.minLength);
     case "escapes":
-      return escapeRuns(s, 2).filter(({ start, end }) => end - start >= rule.minLength);
+      return [
+        ...escapeRuns(s, 2).filter(({ start, end }) => end - start >= rule.minLength),
+        ...charCodeRuns(s, rule.minLength),
+      ];
     case "rot13":
       return transformCandidates(rule, s, rot13);
     case "reversed":
@@ -580,6 +642,12 @@ function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, fiel
   const out: Decoded[] = [];
   for (const c of candidatesFor(rule, s)) {
     const blob = s.slice(c.start, c.end);
+    if (c.charCodes === true) {
+      const text = charCodeText(blob, rule.textMinWords);
+      if (text !== null)
+        out.push({ start: c.start, end: c.end, via: "character codes", text, mapping: "span" });
+      continue;
+    }
     if (rule.encoding === "rot13" || rule.encoding === "reversed") {
       const rot = rule.encoding === "rot13";
       out.push({
@@ -607,6 +675,15 @@ function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, fiel
     }
     const text = bytes === null ? null : readableText(bytes, rule.textMinWords);
     if (c.urlSafe === true && text === null) continue;
+    if (text === null && !via.endsWith("+gzip") && rule.encoding === "base64") {
+      // An undecodable run is worth a reviewer's look only when it hides something: text that is
+      // not words (JSON, a script, a query string) or a known binary format. Identifiers, opaque
+      // ids, hashes and keys decode to random bytes and are left alone.
+      const magic = bytes === null ? null : binaryMagic(bytes);
+      if (magic !== null) via += ` (${magic})`;
+      else if (bytes === null || bytes.length < 16 || printableShare(bytes) < 0.95) continue;
+      else via += " (printable, not words)";
+    }
     out.push({ start: c.start, end: c.end, via, text, mapping: "span" });
   }
   field.decodes.set(rule.id, out);
@@ -661,7 +738,7 @@ function entropyBlob(
       const gz = d.via.endsWith("+gzip");
       const detail = gz
         ? `${blob.length} characters of ${d.via}: a compressed payload`
-        : `${blob.length} characters of ${rule.encoding} that do not decode to readable text`;
+        : `${blob.length} characters of ${d.via} that do not decode to readable text`;
       out.push(
         finding(rule, field, d.start, d.end, gz ? rule.severity : (rule.blobSeverity as Severity), detail),
       );

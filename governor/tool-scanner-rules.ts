@@ -105,6 +105,9 @@ export interface UnicodeRuleDef extends RuleBase {
   decode?: "tags" | "variation-selectors";
   identifierSeverity?: Severity;
   highAtCount?: number;
+  /** compatibility-form: severity when a field's look-alike runs spell wordMinLetters letters or more. */
+  wordSeverity?: Severity;
+  wordMinLetters?: number;
   scripts?: string[];
   allowedCombinations?: string[][];
 }
@@ -192,6 +195,8 @@ export type CompiledRule =
       decode: UnicodeRuleDef["decode"];
       identifierSeverity: Severity;
       highAtCount: number;
+      wordSeverity: Severity | undefined;
+      wordMinLetters: number;
       scripts: string[];
       allowed: string[][];
     })
@@ -698,6 +703,8 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
           decode: def.decode,
           identifierSeverity: def.identifierSeverity ?? def.severity,
           highAtCount: def.highAtCount ?? 0,
+          wordSeverity: def.wordSeverity,
+          wordMinLetters: def.wordMinLetters ?? 8,
           scripts,
           allowed,
         });

@@ -6,7 +6,8 @@
 //
 // Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
 // of this (round 1) corpus is tuning data (--half all); held-out figures come from round 2 (round-2/),
-// written blind to the rules and measured whole with --round 2.
+// written blind to the rules and measured whole with --round 2. Rules 1.2.0 were tuned on both rounds;
+// their held-out figures come from round 3, measured once.
 //
 // Counting: a poisoned item is detected "at expected severity" when some finding in its category (or a
 // category in its `also` list) has at least its severity_expected (high, or medium); "any severity" counts
@@ -202,8 +203,8 @@ const pct = (n: number, d: number): string =>
 const pctRate = (r: number): string => `${(100 * r).toFixed(1).padStart(5)}%`;
 
 /**
- * Round 2 (round-2/): written after rules 1.0.0 were measured, blind to the rules, and never tuned
- * on; measured whole. Its rug pulls mutate round-1 tools, so the catalog holds both rounds' snapshots.
+ * Round 2 (round-2/): written after rules 1.0.0 were measured, blind to the rules; held out for 1.1.0
+ * (measured once, see round-2/MEASURED.md) and tuning data for 1.2.0; measured whole. Its rug pulls mutate round-1 tools, so the catalog holds both rounds' snapshots.
  */
 export function measureRound2(options: { rules?: ScannerRules; catalog?: boolean } = {}): ScannerMeasurement {
   const round1 = loadCorpus();
@@ -220,7 +221,7 @@ export function measureRound2(options: { rules?: ScannerRules; catalog?: boolean
 export function formatMeasurement(m: ScannerMeasurement, list = false): string {
   const out: string[] = [];
   out.push(
-    `tool-definition scanner on ${m.round === 2 ? "round 2 (held out)" : m.half === "all" ? "the whole of round 1" : `the ${m.half} half of round 1`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
+    `tool-definition scanner on ${m.round === 2 ? "round 2 (held out for 1.1.0; tuning data since 1.2.0)" : m.half === "all" ? "the whole of round 1" : `the ${m.half} half of round 1`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
     "",
   );
   out.push(
