@@ -2,7 +2,7 @@
 // on all of it: detection per poisoned category and false positives on benign snapshots and hard negatives.
 //
 //   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]
-//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --round 2 [--json] [--list] ...
+//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --round 2|3 [--json] [--list] ...
 //
 // Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
 // of this (round 1) corpus is tuning data (--half all); held-out figures come from round 2 (round-2/),
@@ -69,8 +69,8 @@ export interface ItemOutcome {
 
 export interface ScannerMeasurement {
   half: Part;
-  /** Set for round 2 (round-2/), measured whole. */
-  round?: 2;
+  /** Set for a later round (round-N/), measured whole. */
+  round?: LaterRound;
   catalog: boolean;
   rulesVersion: string;
   categories: CategoryFigures[];
@@ -202,26 +202,36 @@ const pct = (n: number, d: number): string =>
   d === 0 ? "   -  " : `${((100 * n) / d).toFixed(1).padStart(5)}%`;
 const pctRate = (r: number): string => `${(100 * r).toFixed(1).padStart(5)}%`;
 
+/** What each later round is to the rule versions (see README.md). */
+const ROUNDS = {
+  2: "round 2 (held out for 1.1.0; tuning data since 1.2.0)",
+  3: "round 3 (held out for 1.2.0)",
+} as const;
+export type LaterRound = keyof typeof ROUNDS;
+
 /**
- * Round 2 (round-2/): written after rules 1.0.0 were measured, blind to the rules; held out for 1.1.0
- * (measured once, see round-2/MEASURED.md) and tuning data for 1.2.0; measured whole. Its rug pulls mutate round-1 tools, so the catalog holds both rounds' snapshots.
+ * A later round (round-N/), written blind to the rules, measured whole. Rug pulls mutate round-1 tools,
+ * so the catalog holds the snapshots of round 1 and of this round.
  */
-export function measureRound2(options: { rules?: ScannerRules; catalog?: boolean } = {}): ScannerMeasurement {
+export function measureRound(
+  round: LaterRound,
+  options: { rules?: ScannerRules; catalog?: boolean } = {},
+): ScannerMeasurement {
   const round1 = loadCorpus();
-  const round2 = loadCorpus(join(CORPUS_DIR, "round-2"));
+  const later = loadCorpus(join(CORPUS_DIR, `round-${round}`));
   return {
-    ...measureScanner(round2, "all", {
+    ...measureScanner(later, "all", {
       ...options,
-      catalogSnapshots: [...round1.snapshots, ...round2.snapshots],
+      catalogSnapshots: [...round1.snapshots, ...later.snapshots],
     }),
-    round: 2,
+    round,
   };
 }
 
 export function formatMeasurement(m: ScannerMeasurement, list = false): string {
   const out: string[] = [];
   out.push(
-    `tool-definition scanner on ${m.round === 2 ? "round 2 (held out for 1.1.0; tuning data since 1.2.0)" : m.half === "all" ? "the whole of round 1" : `the ${m.half} half of round 1`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
+    `tool-definition scanner on ${m.round !== undefined ? ROUNDS[m.round] : m.half === "all" ? "the whole of round 1" : `the ${m.half} half of round 1`} (rules ${m.rulesVersion}, ${m.catalog ? "with" : "without"} the catalog of snapshotted tools)`,
     "",
   );
   out.push(
@@ -273,12 +283,13 @@ async function main(argv: string[]): Promise<number> {
   let list = false;
   let rulesPath: string | undefined;
   let catalog = true;
-  let round2 = false;
+  let round: LaterRound | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--round") {
-      if (argv[++i] !== "2") break;
-      round2 = true;
+      const v = argv[++i];
+      if (v !== "2" && v !== "3") break;
+      round = v === "2" ? 2 : 3;
       half = "all";
     } else if (a === "--half") {
       const v = argv[++i];
@@ -295,14 +306,15 @@ async function main(argv: string[]): Promise<number> {
   }
   if (half === undefined) {
     process.stderr.write(
-      "usage: measure-scanner.ts --half tune|holdout|all | --round 2   [--json] [--list] [--no-catalog] [--rules FILE]\n",
+      "usage: measure-scanner.ts --half tune|holdout|all | --round 2|3   [--json] [--list] [--no-catalog] [--rules FILE]\n",
     );
     return 2;
   }
   const rules = loadScannerRules(rulesPath);
-  const m = round2
-    ? measureRound2({ rules, catalog })
-    : measureScanner(loadCorpus(), half, { rules, catalog });
+  const m =
+    round !== undefined
+      ? measureRound(round, { rules, catalog })
+      : measureScanner(loadCorpus(), half, { rules, catalog });
   process.stdout.write(json ? `${JSON.stringify(m, null, 2)}\n` : formatMeasurement(m, list));
   return 0;
 }
