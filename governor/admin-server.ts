@@ -5,7 +5,7 @@
  * a JSON line, followed for `export` by the bundle's bytes.
  */
 import { createReadStream } from "node:fs";
-import { chmod, mkdir, mkdtemp, rm, stat, unlink } from "node:fs/promises";
+import { chmod, lstat, mkdir, mkdtemp, rm, stat, unlink } from "node:fs/promises";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { pipeline } from "node:stream/promises";
 import { dirname, join } from "node:path";
@@ -41,6 +41,9 @@ export class AdminServer {
     const path = join(dataDir, ADMIN_SOCKET);
     const dir = dirname(path);
     await mkdir(dir, { mode: 0o700, recursive: true });
+    const st = await lstat(dir);
+    if (!st.isDirectory() || st.uid !== process.getuid?.())
+      throw new CmcpError("admin.socket-dir", `${dir} is not a directory owned by the governor's user`);
     // mkdir leaves an existing directory's mode alone, and the umask may have narrowed a new one: set it.
     await chmod(dir, 0o700);
     // A socket file left by a crashed governor; the data-dir lock guarantees no live one owns it.

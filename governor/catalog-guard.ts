@@ -10,8 +10,8 @@
 import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import type { DriftAction } from "../artifacts/policy-artifact.js";
 import type { UpstreamSpec } from "./boundary.js";
-import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
 import { sha256Hex } from "../artifacts/hash.js";
+import { compileTemplate, templateCovers, uriProblem, type TemplateSteps } from "../runtime/uri-template.js";
 import {
   KEY_FIELD,
   catalogIndex,
@@ -39,7 +39,7 @@ export interface DriftEvent {
   kind: DriftKind;
   server: string;
   session?: string;
-  /** The tool, prompt, resource or template that moved; absent for identity drift and for a set of unapproved resources. */
+  /** The tool, prompt, resource or template that moved; absent for identity drift and for unapproved items (a set). */
   item?: { kind: DefinitionKind; key: string };
   /** Field-level differences (JSON pointers), capped; for identity, of the identity record. */
   changes: FieldChange[];
@@ -80,7 +80,10 @@ function clip(changes: FieldChange[]): FieldChange[] {
     return text.length > MAX_VALUE_CHARS ? `${text.slice(0, MAX_VALUE_CHARS)}… (${text.length} chars)` : v;
   };
   return changes.slice(0, MAX_CHANGES).map((c) => {
-    const out: FieldChange = { ...c };
+    const out: FieldChange = {
+      ...c,
+      path: c.path.length > MAX_VALUE_CHARS ? `${c.path.slice(0, MAX_VALUE_CHARS)}…` : c.path,
+    };
     if ("before" in c) out.before = shorten(c.before);
     if ("after" in c) out.after = shorten(c.after);
     return out;
@@ -95,7 +98,7 @@ export class CatalogGuard {
   readonly #recorded = new Map<string, number>();
   /** server, kind and key of items denied after drift, with the reason. */
   readonly #denied = new Map<string, string>();
-  readonly #templates = new Map<string, { b: ItemBinding; t: UriTemplate }[]>();
+  readonly #templates = new Map<string, { b: ItemBinding; steps: TemplateSteps }[]>();
   readonly #isolated = new Map<string, string>();
   readonly #validators = new Map<string, ValidateFunction | string>();
   readonly #ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
@@ -190,37 +193,29 @@ export class CatalogGuard {
         }
         await this.#drift({ kind: "definition", server, item: { kind, key }, changes, ...where }, liveHash);
       }
-      const unapproved = [...liveByKey.keys()].filter((k) => !pinned[kind].has(k));
+      // Resources come and go with the data: one covered by an approved template is served (its URI only).
       const byTemplate: string[] = [];
-      if (kind === "resource") {
-        // Resources come and go with the data: one covered by an approved template is served (its URI only),
-        // and the rest of a listing is one event, not one per URI.
-        const rest: string[] = [];
-        for (const uri of unapproved) (this.#templateFor(server, uri) ? byTemplate : rest).push(uri);
-        if (rest.length > 0) {
-          rest.sort();
-          await this.#drift(
-            {
-              kind: "unapproved_resource",
-              server,
-              changes: rest.map((uri) => ({
-                path: `/${uri.replaceAll("~", "~0").replaceAll("/", "~1")}`,
-                op: "added",
-              })),
-              ...where,
-            },
-            sha256Hex(Buffer.from(rest.join("\n"), "utf8")),
-          );
-        }
-      } else {
-        for (const key of unapproved)
-          await this.#drift({
+      const unapproved: string[] = [];
+      for (const key of liveByKey.keys()) {
+        if (pinned[kind].has(key)) continue;
+        if (kind === "resource" && this.#templateFor(server, key)) byTemplate.push(key);
+        else unapproved.push(key);
+      }
+      // What a listing offers outside the catalog is one event per distinct set, not one per item.
+      if (unapproved.length > 0) {
+        unapproved.sort();
+        await this.#drift(
+          {
             kind: `unapproved_${kind}`,
             server,
-            item: { kind, key },
-            changes: [{ path: "", op: "added" }],
+            changes: unapproved.map((key) => ({
+              path: `/${key.replaceAll("~", "~0").replaceAll("/", "~1")}`,
+              op: "added",
+            })),
             ...where,
-          });
+          },
+          sha256Hex(Buffer.from(unapproved.join("\n"), "utf8")),
+        );
       }
       for (const [key, b] of pinned[kind])
         if (liveByKey.has(key) && this.refusal(server, { kind, key }) === null)
@@ -245,12 +240,13 @@ export class CatalogGuard {
     const { kind, key } = item;
     const denied = (k: DefinitionKind, x: string) => this.#denied.get(`${server}\u0000${k}\u0000${x}`);
     if (this.index.byServer.get(server)?.[kind].has(key)) return denied(kind, key) ?? null;
-    if (kind === "resource") {
-      // A completion names the template itself; a read names a URI the template covers.
-      if (this.index.byServer.get(server)?.resource_template.has(key))
-        return denied("resource_template", key) ?? null;
+    // A completion may name a template or a URI; a read names a URI, which a template may cover.
+    if (kind === "resource" || kind === "resource_template") {
       const t = this.#templateFor(server, key);
       if (t) return denied("resource_template", t.key) ?? null;
+      const why = uriProblem(key);
+      if (why !== null)
+        return `resource ${key.slice(0, 200)} of ${server} is not in the approved catalog, and no template may cover it (${why})`;
     }
     return `${NOUN[kind]} ${key.slice(0, 200)} of ${server} is not in the approved catalog`;
   }
@@ -260,29 +256,23 @@ export class CatalogGuard {
     return this.#isolated.has(server);
   }
 
-  /** The approved template of this server that covers a URI, in catalog order. */
+  /** The approved template of this server that covers a URI, in catalog order (linear-time matching). */
   #templateFor(server: string, uri: string): ItemBinding | undefined {
     let compiled = this.#templates.get(server);
     if (!compiled) {
       compiled = [];
       for (const b of this.index.byServer.get(server)?.resource_template.values() ?? []) {
-        try {
-          compiled.push({ b, t: new UriTemplate(b.key) });
-        } catch {
+        const steps = compileTemplate(b.key);
+        if (steps) compiled.push({ b, steps });
+        else
           this.#opts.log(
             `the approved URI template ${b.key.slice(0, 200)} of ${server} cannot be parsed; it covers nothing`,
           );
-        }
       }
       this.#templates.set(server, compiled);
     }
-    return compiled.find(({ t }) => {
-      try {
-        return t.match(uri) !== null;
-      } catch {
-        return false;
-      }
-    })?.b;
+    if (compiled.length === 0) return undefined;
+    return compiled.find(({ steps }) => templateCovers(steps, uri))?.b;
   }
 
   /** Checks tools/call arguments against the pinned input schema; an error message, or null. */
@@ -312,8 +302,10 @@ export class CatalogGuard {
     // Enforcement first: it holds even when the event is one too many to record.
     const applied = this.#enforce(e, action);
     // A hostile server could change on every listing: record a bounded number of distinct events per server.
-    const count = (this.#recorded.get(e.server) ?? 0) + 1;
-    this.#recorded.set(e.server, count);
+    // Separate budgets: a flood of unapproved items must not use up the one that records real drift.
+    const budget = `${e.server}\u0000${e.kind.startsWith("unapproved_") ? "unapproved" : "drift"}`;
+    const count = (this.#recorded.get(budget) ?? 0) + 1;
+    this.#recorded.set(budget, count);
     if (count > MAX_EVENTS_PER_SERVER) {
       if (count === MAX_EVENTS_PER_SERVER + 1)
         this.#opts.log(

@@ -621,12 +621,13 @@ export class Gateway {
   #catalogRefusal(req: Bodies["decide"]["req"]): string | null {
     const guard = this.guard;
     if (!guard) return null;
-    const isCall = req.method === "tools/call";
-    const refused = guard.refusal(req.server, catalogTarget(req));
-    if (refused !== null || !isCall || req.tool === undefined) return refused;
+    const target = catalogTarget(req);
+    if (target && "refused" in target) return target.refused;
+    const refused = guard.refusal(req.server, target);
+    if (refused !== null || target?.kind !== "tool") return refused;
     return guard.argumentsProblem(
       req.server,
-      req.tool,
+      target.key,
       (req.params as { arguments?: unknown } | null)?.arguments,
     );
   }
@@ -653,25 +654,44 @@ export class Gateway {
   }
 }
 
-/** The catalog item a request reaches, if any: a tool, prompt or resource (completions name theirs in the ref). */
-function catalogTarget(req: Bodies["decide"]["req"]): { kind: DefinitionKind; key: string } | undefined {
+/**
+ * The catalog item a request reaches, read from what the upstream will receive (the params), not from
+ * the runtime's labels: a label that disagrees with the params is itself a refusal. Completions name
+ * theirs in the ref.
+ */
+export function catalogTarget(
+  req: Bodies["decide"]["req"],
+): { kind: DefinitionKind; key: string } | { refused: string } | undefined {
+  const params = (req.params ?? {}) as Record<string, unknown>;
+  const named = (field: "name" | "uri", label: string | undefined, what: string) => {
+    const v = params[field];
+    if (typeof v !== "string") return { refused: `${req.method} without a string ${field}` };
+    // Labels are capped at 1024 characters on the boundary.
+    if (label !== undefined && label !== v.slice(0, 1024))
+      return { refused: `${req.method}: the ${what} label does not match the request's ${field}` };
+    return v;
+  };
   switch (req.method) {
     case "tools/call":
-      return { kind: "tool", key: req.tool ?? "" };
-    case "prompts/get":
-      return { kind: "prompt", key: req.prompt ?? "" };
+    case "prompts/get": {
+      const kind = req.method === "tools/call" ? "tool" : "prompt";
+      const v = named("name", kind === "tool" ? (req.tool ?? "") : (req.prompt ?? ""), kind);
+      return typeof v === "string" ? { kind, key: v } : v;
+    }
     case "resources/read":
     case "resources/subscribe":
-    case "resources/unsubscribe":
-      return {
-        kind: "resource",
-        key: String((req.params as { uri?: unknown } | null)?.uri ?? req.resource ?? ""),
-      };
+    case "resources/unsubscribe": {
+      const v = named("uri", req.resource, "resource");
+      return typeof v === "string" ? { kind: "resource", key: v } : v;
+    }
     case "completion/complete": {
-      const ref = (req.params as { ref?: { type?: unknown; name?: unknown; uri?: unknown } } | null)?.ref;
-      if (ref?.type === "ref/prompt") return { kind: "prompt", key: String(ref.name ?? "") };
-      if (ref?.type === "ref/resource") return { kind: "resource", key: String(ref.uri ?? "") };
-      return { kind: "prompt", key: "" };
+      const ref = params.ref as { type?: unknown; name?: unknown; uri?: unknown } | null | undefined;
+      if (ref?.type === "ref/prompt" && typeof ref.name === "string")
+        return { kind: "prompt", key: ref.name };
+      // The URI or URI template of a resource.
+      if (ref?.type === "ref/resource" && typeof ref.uri === "string")
+        return { kind: "resource_template", key: ref.uri };
+      return { refused: "completion/complete without a prompt or resource reference" };
     }
     default:
       return undefined;

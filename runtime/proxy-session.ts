@@ -7,7 +7,6 @@
  */
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
-import { UriTemplate } from "@modelcontextprotocol/sdk/shared/uriTemplate.js";
 import {
   CallToolRequestSchema,
   McpError,
@@ -40,6 +39,7 @@ import type {
 import { redactArguments, redactResult } from "./redaction.js";
 import { rpcError, RpcCode, toRpcError } from "./rpc-errors.js";
 import { UpstreamConnection } from "./upstream-connector.js";
+import { compileTemplate, templateCovers, type TemplateSteps } from "./uri-template.js";
 import type { UpstreamPool } from "./upstream-pool.js";
 
 type Json = Record<string, unknown>;
@@ -90,6 +90,13 @@ interface Binding {
   name: string;
 }
 
+interface ResourceIndex {
+  resources: Map<string, string>;
+  templates: { server: string; key: string; steps: TemplateSteps }[];
+  /** With a catalog: the approved definitions served (the governor's answer); unused without one. */
+  served: { resources: Json[]; templates: Json[] };
+}
+
 type RelistKind = "tools" | "prompts" | "resources";
 const ALL_KINDS: readonly RelistKind[] = ["tools", "prompts", "resources"];
 
@@ -112,15 +119,15 @@ export class ProxySession {
   #opened: Promise<void> | null = null;
   #tools: Map<string, Binding> | null = null;
   #prompts: Map<string, Binding> | null = null;
-  #resources: Map<string, string> | null = null;
-  #templates: { server: string; template: UriTemplate }[] | null = null;
-  /** With a catalog: the resource and template definitions served, from the governor's last answer. */
-  #served: { resources: Json[]; templates: Json[] } | null = null;
+  #resourceIdx: ResourceIndex | null = null;
+  /** Bumped by every invalidation, so a listing that started before one does not overwrite what follows it. */
+  #generation = 0;
   /** Servers the governor isolated after drift: this session no longer lists or reaches them. */
   readonly #isolated = new Set<string>();
   #closed = false;
   #relistTimer: NodeJS.Timeout | undefined;
   readonly #relisting = new Set<RelistKind>();
+  readonly #relistAgain = new Set<RelistKind>();
   #relists = 0;
   #unsubscribe: () => void = () => undefined;
   /** Which upstream created each task this agent started: tasks/* go back to it. */
@@ -204,6 +211,8 @@ export class ProxySession {
   #upstream(name: string): Promise<UpstreamConnection> {
     const spec = this.#specs.get(name);
     if (!spec) return Promise.reject(rpcError(RpcCode.unknownTarget, `no upstream named ${name}`));
+    if (this.#isolated.has(name))
+      return Promise.reject(rpcError(RpcCode.denied, `upstream ${name} is isolated after drift`));
     let conn = this.#upstreams.get(name);
     if (!conn && spec.stateless) {
       // Deciding the connect per session keeps "nothing reaches an upstream undecided" true for pooled ones too.
@@ -532,13 +541,33 @@ export class ProxySession {
     return r.expose ?? [];
   }
 
-  /** The governor isolated this server after drift: stop listing it and close its connection. */
+  /** #observed for one server of a listing: its failure leaves that server out, not the whole listing. */
+  async #observedOrNone(
+    server: string,
+    lists: Partial<Record<ListedKind, Json[]>>,
+  ): Promise<NonNullable<Bodies["catalog_observed"]["rep"]["expose"]>> {
+    try {
+      return await this.#observed(server, lists);
+    } catch (err) {
+      this.#ctx.log(
+        `the catalog check of ${server}'s listing failed, so nothing of it is offered: ${(err as Error).message}`,
+      );
+      return [];
+    }
+  }
+
+  /** The governor isolated this server after drift: stop listing it, close its connection, tell the agent. */
   #dropIsolated(server: string): void {
     if (this.#isolated.has(server)) return;
     this.#isolated.add(server);
     const conn = this.#upstreams.get(server);
     this.#upstreams.delete(server);
     void conn?.then((c) => c.close()).catch(() => undefined);
+    this.#invalidate();
+    for (const kind of ALL_KINDS)
+      void this.server
+        .notification({ method: `notifications/${kind}/list_changed` } as never)
+        .catch(() => undefined);
   }
 
   /**
@@ -572,7 +601,7 @@ export class ProxySession {
       for (const { server, items, listed } of lists) {
         // A failed listing says nothing about drift: that server's items are just not offered this time.
         if (!listed) continue;
-        for (const e of await this.#observed(server, { [capability]: items })) {
+        for (const e of await this.#observedOrNone(server, { [capability]: items })) {
           if (e.kind !== kind) continue;
           bindings.set(e.name, { server, name: e.key });
           exposed.push({ ...e.definition, name: e.name });
@@ -615,20 +644,21 @@ export class ProxySession {
     return { items: exposed, bindings };
   }
 
-  async #resourceIndex(extra: Extra): Promise<void> {
-    if (this.#resources && this.#templates) return;
+  /** Where each resource URI and template goes; with a catalog, also what is served. Rebuilt when invalidated. */
+  async #resourceIndex(extra: Extra): Promise<ResourceIndex> {
+    if (this.#resourceIdx) return this.#resourceIdx;
+    const generation = this.#generation;
     const servers = await this.#serversWith("resources");
-    const resources = new Map<string, string>();
-    const templates: { server: string; template: UriTemplate }[] = [];
-    const served = { resources: [] as Json[], templates: [] as Json[] };
-    const addTemplate = (server: string, uriTemplate: string) => {
-      try {
-        templates.push({ server, template: new UriTemplate(uriTemplate) });
-        return true;
-      } catch {
-        this.#ctx.log(`upstream ${server} offers an unparsable resource template`);
-        return false;
-      }
+    const idx: ResourceIndex = {
+      resources: new Map(),
+      templates: [],
+      served: { resources: [], templates: [] },
+    };
+    const addTemplate = (server: string, key: string) => {
+      const steps = compileTemplate(key);
+      if (steps) idx.templates.push({ server, key, steps });
+      else this.#ctx.log(`upstream ${server} offers an unparsable resource template`);
+      return steps !== null;
     };
     for (const s of servers) {
       const [rs, ts] = await Promise.all([
@@ -637,46 +667,44 @@ export class ProxySession {
       ]);
       if (this.#ctx.config.catalog) {
         // Served from the catalog: the governor compares the live listings and answers with what is approved.
+        if (!rs && !ts) continue;
         const lists: Partial<Record<ListedKind, Json[]>> = {
           ...(rs ? { resources: rs } : {}),
           ...(ts ? { resource_templates: ts } : {}),
         };
-        if (!rs && !ts) continue;
-        for (const e of await this.#observed(s, lists)) {
-          if (e.kind === "resource" && !resources.has(e.key)) {
-            resources.set(e.key, s);
-            served.resources.push(e.definition);
+        for (const e of await this.#observedOrNone(s, lists)) {
+          if (e.kind === "resource" && !idx.resources.has(e.key)) {
+            idx.resources.set(e.key, s);
+            idx.served.resources.push(e.definition);
           } else if (e.kind === "resource_template" && addTemplate(s, e.key)) {
-            served.templates.push(e.definition);
+            idx.served.templates.push(e.definition);
           }
         }
         continue;
       }
       for (const r of rs ?? [])
-        if (typeof r.uri === "string" && !resources.has(r.uri)) resources.set(r.uri, s);
+        if (typeof r.uri === "string" && !idx.resources.has(r.uri)) idx.resources.set(r.uri, s);
       for (const t of ts ?? []) if (typeof t.uriTemplate === "string") addTemplate(s, t.uriTemplate);
     }
-    this.#resources = resources;
-    this.#templates = templates;
-    this.#served = this.#ctx.config.catalog ? served : null;
+    // Kept only if nothing was invalidated meanwhile; the caller still gets this answer.
+    if (generation === this.#generation) this.#resourceIdx = idx;
+    return idx;
   }
 
   async #serverForUri(uri: string, extra: Extra): Promise<string> {
-    await this.#resourceIndex(extra);
-    const direct = this.#resources!.get(uri);
+    const idx = await this.#resourceIndex(extra);
+    const direct = idx.resources.get(uri);
     if (direct) return direct;
-    // A completion names the template itself; a read names a URI it covers.
-    for (const { server, template } of this.#templates!)
-      if (template.toString() === uri || template.match(uri)) return server;
+    // A completion may name the template itself; a read names a URI one covers.
+    for (const t of idx.templates) if (t.key === uri || templateCovers(t.steps, uri)) return t.server;
     throw rpcError(RpcCode.unknownTarget, `no upstream offers resource ${uri.slice(0, 200)}`);
   }
 
   #invalidate(): void {
+    this.#generation++;
     this.#tools = null;
     this.#prompts = null;
-    this.#resources = null;
-    this.#templates = null;
-    this.#served = null;
+    this.#resourceIdx = null;
   }
 
   #registerHandlers(): void {
@@ -733,9 +761,10 @@ export class ProxySession {
       })) as never;
     });
     s.setRequestHandler(ListResourcesRequestSchema, async (_req, extra) => {
-      this.#resources = null;
-      await this.#resourceIndex(extra as Extra);
-      if (this.#served) return { resources: this.#served.resources } as never;
+      if (this.#ctx.config.catalog) {
+        this.#resourceIdx = null;
+        return { resources: (await this.#resourceIndex(extra as Extra)).served.resources } as never;
+      }
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
       for (const sv of servers)
@@ -744,9 +773,8 @@ export class ProxySession {
     });
     s.setRequestHandler(ListResourceTemplatesRequestSchema, async (_req, extra) => {
       if (this.#ctx.config.catalog) {
-        this.#templates = null;
-        await this.#resourceIndex(extra as Extra);
-        return { resourceTemplates: this.#served?.templates ?? [] } as never;
+        this.#resourceIdx = null;
+        return { resourceTemplates: (await this.#resourceIndex(extra as Extra)).served.templates } as never;
       }
       const servers = await this.#serversWith("resources");
       const all: Json[] = [];
@@ -891,38 +919,55 @@ export class ProxySession {
    */
   async #relist(kinds: readonly RelistKind[]): Promise<void> {
     for (const kind of kinds) {
-      if (this.#closed || this.#relisting.has(kind)) continue;
+      if (this.#closed) return;
+      // A change announced during a re-listing gets a re-listing of its own once that one ends.
+      if (this.#relisting.has(kind)) {
+        this.#relistAgain.add(kind);
+        continue;
+      }
       this.#relisting.add(kind);
       try {
-        const n = ++this.#relists;
-        const extra: Extra = {
-          signal: AbortSignal.timeout(60_000),
-          requestId: `cmcp-relist-${n}`,
-          sendNotification: async () => undefined,
-        };
-        let before: string | null;
-        let after: string;
-        if (kind === "resources") {
-          before = this.#served ? keysOf([...this.#served.resources, ...this.#served.templates]) : null;
-          this.#resources = null;
-          await this.#resourceIndex(extra);
-          after = keysOf([...(this.#served?.resources ?? []), ...(this.#served?.templates ?? [])]);
-        } else {
-          const held = kind === "tools" ? this.#tools : this.#prompts;
-          before = held ? [...held.keys()].sort().join("\n") : null;
-          const { bindings } = await this.#aggregate(kind, `${kind}/list`, kind, extra);
-          if (kind === "tools") this.#tools = bindings;
-          else this.#prompts = bindings;
-          after = [...bindings.keys()].sort().join("\n");
-        }
-        if (before !== null && before !== after)
-          await this.server.notification({ method: `notifications/${kind}/list_changed` } as never);
+        do {
+          this.#relistAgain.delete(kind);
+          await this.#relistOnce(kind);
+        } while (this.#relistAgain.has(kind) && !this.#closed);
       } catch (err) {
         this.#ctx.log(`re-listing ${kind} for the catalog check failed: ${(err as Error).message}`);
       } finally {
         this.#relisting.delete(kind);
       }
     }
+  }
+
+  async #relistOnce(kind: RelistKind): Promise<void> {
+    const n = ++this.#relists;
+    const extra: Extra = {
+      signal: AbortSignal.timeout(60_000),
+      requestId: `cmcp-relist-${n}`,
+      sendNotification: async () => undefined,
+    };
+    const generation = this.#generation;
+    let before: string | null;
+    let after: string;
+    if (kind === "resources") {
+      const old = this.#resourceIdx;
+      before = old ? keysOf([...old.served.resources, ...old.served.templates]) : null;
+      this.#resourceIdx = null;
+      const idx = await this.#resourceIndex(extra);
+      after = keysOf([...idx.served.resources, ...idx.served.templates]);
+    } else {
+      const held = kind === "tools" ? this.#tools : this.#prompts;
+      before = held ? [...held.keys()].sort().join("\n") : null;
+      const { bindings } = await this.#aggregate(kind, `${kind}/list`, kind, extra);
+      // An invalidation while listing means this result may be older than the change: leave it unset.
+      if (generation === this.#generation) {
+        if (kind === "tools") this.#tools = bindings;
+        else this.#prompts = bindings;
+      }
+      after = [...bindings.keys()].sort().join("\n");
+    }
+    if (before !== null && before !== after)
+      await this.server.notification({ method: `notifications/${kind}/list_changed` } as never);
   }
 
   async close(reason: string): Promise<void> {

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
+import type { Bodies } from "../../governor/boundary.js";
 import { CatalogGuard, type DriftEvent } from "../../governor/catalog-guard.js";
+import { catalogTarget } from "../../governor/gateway.js";
 import { definitionHash, type Catalog } from "../../governor/catalog.js";
 
 const readme = { uri: "notes://readme", name: "readme", description: "How the notes work." };
@@ -74,7 +76,16 @@ describe("the catalog guard on prompts and resources", () => {
     expect(g.refusal("notes", { kind: "resource", key: "notes://readme" })).toBeNull();
     expect(g.refusal("notes", { kind: "resource", key: "notes://items/42" })).toBeNull();
     // A completion names the template itself.
-    expect(g.refusal("notes", { kind: "resource", key: "notes://items/{id}" })).toBeNull();
+    expect(g.refusal("notes", { kind: "resource_template", key: "notes://items/{id}" })).toBeNull();
+    expect(g.refusal("notes", { kind: "resource_template", key: "notes://items/9" })).toBeNull();
+    // A template covers segments, not paths: no dot segments, encoded slashes or longer paths.
+    for (const uri of [
+      "notes://items/..",
+      "notes://items/%2e%2e",
+      "notes://items/a%2fb",
+      "notes://items/a/b",
+    ])
+      expect(g.refusal("notes", { kind: "resource", key: uri }), uri).toMatch(/not in the approved catalog/);
     expect(g.refusal("notes", { kind: "resource", key: "file:///etc/passwd" })).toMatch(
       /resource file:\/\/\/etc\/passwd of notes is not in the approved catalog/,
     );
@@ -119,5 +130,62 @@ describe("the catalog guard on prompts and resources", () => {
     expect(g.isolated("notes")).toBe(true);
     expect(g.refusal("notes")).toMatch(/isolated after drift \(definition of prompt brief\)/);
     expect(await g.observe("notes", undefined, { prompt: [prompt] })).toEqual([]);
+  });
+});
+
+describe("the item a request reaches, as the governor reads it", () => {
+  const req = (method: string, params: unknown, labels: Partial<Bodies["decide"]["req"]> = {}) =>
+    ({
+      session: "s",
+      agent: "a",
+      server: "x",
+      method,
+      request_id: "1",
+      params,
+      ...labels,
+    }) as Bodies["decide"]["req"];
+
+  it("comes from the params the upstream receives, and a label that disagrees is refused", () => {
+    expect(catalogTarget(req("tools/call", { name: "t" }, { tool: "t" }))).toEqual({
+      kind: "tool",
+      key: "t",
+    });
+    expect(catalogTarget(req("tools/call", { name: "secret" }, { tool: "ok" }))).toEqual({
+      refused: "tools/call: the tool label does not match the request's name",
+    });
+    expect(catalogTarget(req("prompts/get", { name: "p" }, { prompt: "p" }))).toEqual({
+      kind: "prompt",
+      key: "p",
+    });
+    expect(catalogTarget(req("resources/read", { uri: "u://1" }, { resource: "u://1" }))).toEqual({
+      kind: "resource",
+      key: "u://1",
+    });
+    for (const m of ["resources/read", "resources/subscribe", "resources/unsubscribe"]) {
+      expect(catalogTarget(req(m, { uri: "u://2" }, { resource: "u://1" }))).toHaveProperty("refused");
+      expect(catalogTarget(req(m, { uri: 7 }, { resource: "7" }))).toHaveProperty("refused");
+    }
+    const long = `u://${"a".repeat(3000)}`;
+    expect(catalogTarget(req("resources/read", { uri: long }, { resource: long.slice(0, 1024) }))).toEqual({
+      kind: "resource",
+      key: long,
+    });
+  });
+
+  it("reads completions' references, and refuses one without any", () => {
+    expect(catalogTarget(req("completion/complete", { ref: { type: "ref/prompt", name: "p" } }))).toEqual({
+      kind: "prompt",
+      key: "p",
+    });
+    expect(
+      catalogTarget(req("completion/complete", { ref: { type: "ref/resource", uri: "u://{x}" } })),
+    ).toEqual({
+      kind: "resource_template",
+      key: "u://{x}",
+    });
+    expect(catalogTarget(req("completion/complete", { ref: { type: "ref/other" } }))).toHaveProperty(
+      "refused",
+    );
+    expect(catalogTarget(req("tools/list", {}))).toBeUndefined();
   });
 });
