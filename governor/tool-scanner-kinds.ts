@@ -477,7 +477,11 @@ const BINARY_MAGIC: readonly { name: string; bytes: readonly number[] }[] = [
   { name: "xz data", bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a] },
   { name: "WebAssembly module", bytes: [0x00, 0x61, 0x73, 0x6d] },
   { name: "Java class", bytes: [0xca, 0xfe, 0xba, 0xbe] },
-  { name: "Python bytecode or pickle", bytes: [0x80] },
+  // Protocols 2-5; a bare 0x80 would catch every Fernet token and 1 in 256 random blobs.
+  { name: "Python pickle", bytes: [0x80, 0x02] },
+  { name: "Python pickle", bytes: [0x80, 0x03] },
+  { name: "Python pickle", bytes: [0x80, 0x04] },
+  { name: "Python pickle", bytes: [0x80, 0x05] },
 ];
 
 function binaryMagic(bytes: Uint8Array): string | null {
@@ -633,6 +637,14 @@ function candidatesFor(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, s:
   }
 }
 
+/** Decoded blobs kept per rule and field. */
+const MAX_DECODES_PER_FIELD = 32;
+/** gunzip output: at most this ratio to the compressed size, and this many bytes. */
+const GUNZIP_MAX_RATIO = 8;
+const GUNZIP_MAX_BYTES = 16 * 1024;
+/** Characters of derived views (decoded, unescaped, de-confused...) per scan, all fields together. */
+const DERIVED_VIEW_BUDGET = 1024 * 1024;
+
 /** What an entropy-blob rule finds in a field, computed once per rule and field. */
 function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, field: FieldText): Decoded[] {
   field.decodes ??= new Map();
@@ -641,6 +653,8 @@ function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, fiel
   const s = field.text;
   const out: Decoded[] = [];
   for (const c of candidatesFor(rule, s)) {
+    // Decoding (gunzip above all) costs more than finding candidates: stop once enough were read.
+    if (out.length >= MAX_DECODES_PER_FIELD) break;
     const blob = s.slice(c.start, c.end);
     if (c.charCodes === true) {
       const text = charCodeText(blob, rule.textMinWords);
@@ -667,7 +681,8 @@ function blobDecodes(rule: Extract<CompiledRule, { kind: "entropy-blob" }>, fiel
     else bytes = decodePercent(blob);
     let via = rule.encoding as string;
     if (bytes !== null) {
-      const unzipped = gunzipLimited(bytes, 64 * 1024);
+      // Bounded by the blob's own size, so a compression bomb cannot turn kilobytes into megabytes of views.
+      const unzipped = gunzipLimited(bytes, Math.min(GUNZIP_MAX_BYTES, GUNZIP_MAX_RATIO * bytes.length));
       if (unzipped !== null) {
         bytes = unzipped;
         via += "+gzip";
@@ -800,7 +815,9 @@ function viewField(field: FieldText, view: TextView, via: string): FieldText {
  * an encoding is judged by what it says: what the entropy-blob rules decode to readable text
  * (base64, hex, base32, %XX, \xNN escapes, ROT13, reversed), the field with all its escapes
  * replaced (when an escapes or percent rule is on), and the field with look-alike letters read
- * as Latin in words that mix scripts. Each is bounded by the field's length.
+ * as Latin in words that mix scripts. Each is bounded by the field's length (a gunzipped blob by
+ * GUNZIP_MAX_RATIO times its own), and all of them together by DERIVED_VIEW_BUDGET characters: past
+ * it, fields are read as written only.
  */
 export function derivedViews(
   rules: readonly CompiledRule[],
@@ -808,11 +825,17 @@ export function derivedViews(
   cap: number,
 ): FieldText[] {
   const out: FieldText[] = [];
+  let budget = DERIVED_VIEW_BUDGET;
+  const push = (v: FieldText) => {
+    budget -= v.text.length;
+    if (budget >= 0) out.push(v);
+  };
   const blobRules = rules.filter(
     (r): r is Extract<CompiledRule, { kind: "entropy-blob" }> => r.kind === "entropy-blob",
   );
   const unescape = blobRules.some((r) => r.encoding === "escapes" || r.encoding === "percent");
   for (const f of fields) {
+    if (budget < 0) break;
     if (f.view !== undefined) continue;
     for (const rule of blobRules) {
       if (!applies(rule, f)) continue;
@@ -820,22 +843,22 @@ export function derivedViews(
       for (const d of blobDecodes(rule, f)) {
         if (n >= cap) break;
         if (d.text === null) continue;
-        out.push(spanView(f, d as Decoded & { text: string }));
+        push(spanView(f, d as Decoded & { text: string }));
         n++;
       }
     }
     if (unescape) {
       const v = unescapeView(f.text, UNESCAPE_MIN_TOKENS);
-      if (v !== null) out.push(viewField(f, v, "with escapes decoded"));
+      if (v !== null) push(viewField(f, v, "with escapes decoded"));
     }
     if (NON_ASCII.test(f.text)) {
       const c = confusableView(f.text);
-      if (c !== null) out.push(viewField(f, sameOffsets(c), "with look-alike letters read as Latin"));
+      if (c !== null) push(viewField(f, sameOffsets(c), "with look-alike letters read as Latin"));
     }
     const l = leetView(f.text);
-    if (l !== null) out.push(viewField(f, sameOffsets(l), "with digits read as letters"));
+    if (l !== null) push(viewField(f, sameOffsets(l), "with digits read as letters"));
     const sp = spacedView(f.text);
-    if (sp !== null) out.push(viewField(f, sp, "with spaced-out letters joined"));
+    if (sp !== null) push(viewField(f, sp, "with spaced-out letters joined"));
   }
   return out;
 }
