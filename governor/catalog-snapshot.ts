@@ -286,6 +286,27 @@ function pinItems(
   return [...entries.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, e]) => e);
 }
 
+/** Templates with a `{+x}` or `{#x}` expression cover every path below their literal prefix: say so. */
+export function openTemplateFindings(server: string, entries: Record<string, unknown>[]): CatalogFinding[] {
+  const out: CatalogFinding[] = [];
+  for (const e of entries) {
+    const key = (e.template as { uriTemplate?: unknown } | undefined)?.uriTemplate;
+    if (typeof key !== "string" || !/\{[+#]/.test(key)) continue;
+    out.push({
+      ...catalogFinding(
+        server,
+        null,
+        "catalog.open-template",
+        "medium",
+        "URI template covers any path",
+        `Approving ${JSON.stringify(key.slice(0, 200))} lets agents read every URI of ${server} that matches it, across path segments (dot segments and encoded slashes excepted). Approve it only if the server confines such reads itself.`,
+      ),
+      item: { kind: "resource_template", key },
+    });
+  }
+  return out;
+}
+
 const LISTINGS = (
   limits: Readonly<CatalogLimits>,
 ): (Listing & { capability: "tools" | "resources" | "prompts" })[] => [
@@ -361,6 +382,7 @@ async function snapshotServer(up: UpstreamSpec, opts: SnapshotOptions): Promise<
     }
     const caps = c.getServerCapabilities() ?? {};
     const findings: CatalogFinding[] = [];
+    let pinnedBytes = 0;
     const lists: Record<DefinitionKind, Record<string, unknown>[]> = {
       tool: [],
       resource: [],
@@ -377,7 +399,15 @@ async function snapshotServer(up: UpstreamSpec, opts: SnapshotOptions): Promise<
         throw new CmcpError("catalog.list", `${l.method} failed: ${(err as Error).message}`);
       }
       lists[l.kind] = pinItems(up.name, l.kind, raws, limits, findings);
+      // A server's definitions must fit one catalog file, or the catalog could not be read back.
+      pinnedBytes += lists[l.kind].reduce((n, e) => n + JSON.stringify(e).length, 0);
+      if (pinnedBytes > limits.maxFileBytes)
+        throw new CmcpError(
+          "catalog.limits",
+          `its definitions come to more than ${limits.maxFileBytes} bytes, more than a catalog file may hold`,
+        );
     }
+    findings.push(...openTemplateFindings(up.name, lists.resource_template));
     const info = c.getServerVersion();
     return {
       name: up.name,
@@ -624,6 +654,12 @@ export async function snapshotCatalog(
     "snapshot",
     limits,
   );
+  const size = canonicalBytes(catalog).length;
+  if (size > limits.maxFileBytes)
+    throw new CmcpError(
+      "catalog.limits",
+      `the snapshot comes to ${size} bytes, more than the ${limits.maxFileBytes} a catalog file may hold; snapshot fewer upstreams at a time`,
+    );
   findings.push(...scanCatalog(catalog, rules));
   return { catalog, findings, failures, rulesVersion: rules.version };
 }

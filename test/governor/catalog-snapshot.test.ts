@@ -14,7 +14,11 @@ import {
   parseCatalog,
   type StdioIdentity,
 } from "../../governor/catalog.js";
-import { snapshotCatalog, type SnapshotResult } from "../../governor/catalog-snapshot.js";
+import {
+  openTemplateFindings,
+  snapshotCatalog,
+  type SnapshotResult,
+} from "../../governor/catalog-snapshot.js";
 import { bin, freePort, referenceUpstreams } from "../helpers/gateway.js";
 
 let dir: string;
@@ -209,6 +213,38 @@ describe("snapshot of the reference servers", () => {
 });
 
 describe("snapshot of odd and failing servers", () => {
+  it("fails a server whose definitions would not fit one catalog file", async () => {
+    const r = await snapshotCatalog(
+      { upstreams: [raw("raw", "pages")] },
+      { limits: { ...CATALOG_LIMITS, maxFileBytes: 100 } },
+    );
+    expect(r.catalog.servers).toEqual([]);
+    expect(r.failures[0]?.message).toMatch(/more than 100 bytes, more than a catalog file may hold/);
+    // Each server fits, the whole does not: the snapshot refuses rather than write an unreadable file.
+    const whole = await snapshotCatalog(
+      { upstreams: [raw("raw", "pages")] },
+      { limits: { ...CATALOG_LIMITS, maxFileBytes: 900 } },
+    ).catch((err: unknown) => err);
+    expect(whole).toMatchObject({
+      code: "catalog.limits",
+      message: expect.stringMatching(/snapshot fewer upstreams/),
+    });
+  });
+
+  it("tells the reviewer when a URI template covers any path", () => {
+    const entries = [
+      { sha256: "0".repeat(64), template: { uriTemplate: "file:///srv/{+path}" } },
+      { sha256: "0".repeat(64), template: { uriTemplate: "notes://items/{id}" } },
+    ];
+    expect(openTemplateFindings("files", entries)).toEqual([
+      expect.objectContaining({
+        ruleId: "catalog.open-template",
+        severity: "medium",
+        item: { kind: "resource_template", key: "file:///srv/{+path}" },
+      }),
+    ]);
+  });
+
   it("keeps definitions as listed across pages and reports what it cannot pin", async () => {
     const r = await snapshotCatalog({ upstreams: [raw("raw", "pages")] });
     expect(r.failures).toEqual([]);
