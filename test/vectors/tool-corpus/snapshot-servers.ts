@@ -1,9 +1,10 @@
 // Snapshots the tool definitions of real MCP servers from npm into benign/<server>.json (round 1),
 // round-2/benign/<server>.json (round 2, a held-out set of servers not in round 1) or
-// round-3/benign/<server>.json (round 3, a second held-out set, in neither round 1 nor round 2).
+// round-3/benign/<server>.json (round 3, a second held-out set, in neither round 1 nor round 2) or
+// round-4/benign/<server>.json (round 4, a third held-out set, in none of rounds 1 to 3).
 // Run from the repository root: node --import tsx test/vectors/tool-corpus/snapshot-servers.ts [options]
-//   --round N       which pinned list to snapshot: 1 (default, SERVERS), 2 (ROUND_2_SERVERS) or 3
-//                   (ROUND_3_SERVERS)
+//   --round N       which pinned list to snapshot: 1 (default, SERVERS), 2 (ROUND_2_SERVERS), 3
+//                   (ROUND_3_SERVERS) or 4 (ROUND_4_SERVERS)
 //   --only a,b      snapshot only these servers of the round (by `name` below, including ones marked `skip`)
 //   --scratch DIR   install directory (default: $TMPDIR/cmcp-tool-corpus, outside the repository)
 //   --all           also try the servers marked `skip` (known to fail offline)
@@ -737,7 +738,206 @@ export const ROUND_3_SERVERS: ServerSpec[] = [
   { name: "open-meteo-mcp-server", pkg: "open-meteo-mcp-server", version: "2.1.0" },
 ];
 
-type RoundNumber = 1 | 2 | 3;
+// Dummy kubeconfig for a server that needs one to start; the cluster address is unreachable on purpose.
+const DUMMY_KUBECONFIG = [
+  "apiVersion: v1",
+  "kind: Config",
+  "clusters:",
+  "- name: dummy",
+  "  cluster:",
+  "    server: https://127.0.0.1:9",
+  "contexts:",
+  "- name: dummy",
+  "  context:",
+  "    cluster: dummy",
+  "    user: dummy",
+  "current-context: dummy",
+  "users:",
+  "- name: dummy",
+  "  user:",
+  "    token: " + DUMMY,
+  "",
+].join("\n");
+
+/**
+ * Round 4: a third held-out set of servers, none of them in rounds 1 to 3 (checked at run time),
+ * pinned to the latest version on the day they were chosen, before any round-4 measurement.
+ */
+export const ROUND_4_SERVERS: ServerSpec[] = [
+  {
+    name: "next-devtools-mcp",
+    pkg: "next-devtools-mcp",
+    version: "0.4.0",
+    env: { NEXT_TELEMETRY_DISABLED: "1" },
+  },
+  {
+    name: "svelte-mcp",
+    pkg: "@sveltejs/mcp",
+    version: "0.1.26",
+    skip: "requests svelte.dev at startup and exits when that fails (no network here)",
+  },
+  { name: "remotion-mcp", pkg: "@remotion/mcp", version: "4.0.527" },
+  { name: "knip-mcp", pkg: "@knip/mcp", version: "0.0.36" },
+  {
+    name: "kubb-mcp",
+    pkg: "@kubb/mcp",
+    version: "5.2.0",
+    skip: "imports glob from node:fs/promises (Node 22+) and crashes on load",
+  },
+  {
+    name: "pandacss-mcp",
+    pkg: "@pandacss/mcp",
+    version: "1.12.1",
+    files: { "panda.config.mjs": "export default {};\n" },
+  },
+  {
+    name: "chakra-ui-react-mcp",
+    pkg: "@chakra-ui/react-mcp",
+    version: "2.1.1",
+    skip: "fetches component examples at startup and exits when that fails (no network here)",
+  },
+  { name: "react-aria-mcp", pkg: "@react-aria/mcp", version: "1.2.1" },
+  { name: "kendo-react-mcp", pkg: "@progress/kendo-react-mcp", version: "1.1.2" },
+  { name: "siemens-element-mcp", pkg: "@siemens/element-mcp", version: "51.1.0-v.2.0.3" },
+  { name: "hcc-pf-mcp", pkg: "@redhat-cloud-services/hcc-pf-mcp", version: "0.6.0" },
+  {
+    name: "coinbase-cds-mcp-server",
+    pkg: "@coinbase/cds-mcp-server",
+    version: "9.28.0",
+    bin: "cds-mcp-server",
+    env: { DISABLE_CDS_MCP_TELEMETRY: "1" },
+  },
+  { name: "gcloud-mcp", pkg: "@google-cloud/gcloud-mcp", version: "0.5.3" },
+  {
+    name: "kubernetes-mcp-server",
+    pkg: "kubernetes-mcp-server",
+    version: "0.0.67",
+    args: ["--kubeconfig", SANDBOX + "/kubeconfig"],
+    files: { kubeconfig: DUMMY_KUBECONFIG },
+  },
+  { name: "opentofu-mcp-server", pkg: "@opentofu/opentofu-mcp-server", version: "0.1.5" },
+  { name: "runpod-mcp-server", pkg: "@runpod/mcp-server", version: "4.0.0", env: { RUNPOD_API_KEY: DUMMY } },
+  {
+    name: "fabric-mcp",
+    pkg: "@microsoft/fabric-mcp",
+    version: "1.4.0",
+    skip: "npm install leaves out its linux-x64 binary package (the other platform packages it lists are not on the registry), so it cannot start",
+  },
+  { name: "powerpipe-mcp", pkg: "@turbot/powerpipe-mcp", version: "0.1.0", args: [SANDBOX] },
+  {
+    name: "supabase-mcp-server-postgrest",
+    pkg: "@supabase/mcp-server-postgrest",
+    version: "0.2.0",
+    args: ["--apiUrl", "http://127.0.0.1:9", "--apiKey", DUMMY, "--schema", "public"],
+  },
+  {
+    name: "falkordb-mcpserver",
+    pkg: "@falkordb/mcpserver",
+    version: "1.3.0",
+    env: { FALKORDB_HOST: "127.0.0.1", FALKORDB_PORT: "9" },
+    skip: "keeps trying to connect to FalkorDB before answering initialize; needs a live FalkorDB server",
+  },
+  { name: "excel-mcp-server", pkg: "@negokaz/excel-mcp-server", version: "0.12.0" },
+  {
+    name: "paddle-mcp",
+    pkg: "@paddle/paddle-mcp",
+    version: "0.1.6",
+    args: ["--api-key=" + DUMMY, "--environment=sandbox"],
+  },
+  { name: "creem-mcp", pkg: "creem", version: "1.13.0", bin: "mcp", args: ["start", "--api-key", DUMMY] },
+  {
+    name: "whop-mcp",
+    pkg: "@whop/mcp",
+    version: "0.0.6",
+    env: { WHOP_API_KEY: DUMMY },
+    skip: "npm install fetches a dependency tarball from GitHub (only the npm registry is reachable)",
+  },
+  {
+    name: "tosspayments-integration-guide-mcp",
+    pkg: "@tosspayments/integration-guide-mcp",
+    version: "0.0.31",
+    skip: "requests docs.tosspayments.com at startup and exits when that fails (no network here)",
+  },
+  {
+    name: "lunchmoney-mcp",
+    pkg: "@akutishevsky/lunchmoney-mcp",
+    version: "3.0.0",
+    env: { LUNCHMONEY_API_TOKEN: DUMMY },
+  },
+  {
+    name: "lokka",
+    pkg: "@merill/lokka",
+    version: "0.3.0",
+    // Client-provided-token mode: the default client-credentials mode signs in to Entra ID at startup.
+    env: { USE_CLIENT_TOKEN: "true", ACCESS_TOKEN: DUMMY },
+  },
+  {
+    name: "umbraco-mcp-dev",
+    pkg: "@umbraco-cms/mcp-dev",
+    version: "18.1.7",
+    env: {
+      UMBRACO_CLIENT_ID: "dummy",
+      UMBRACO_CLIENT_SECRET: DUMMY,
+      UMBRACO_BASE_URL: "http://127.0.0.1:65535",
+    },
+    skip: "requests a token from the Umbraco instance at startup and exits when that fails (no network here)",
+  },
+  {
+    name: "contentful-management-mcp-server",
+    pkg: "@ivotoby/contentful-management-mcp-server",
+    version: "1.21.0",
+    bin: "mcp-server-contentful",
+    env: { CONTENTFUL_MANAGEMENT_ACCESS_TOKEN: "CFPAT-" + DUMMY },
+  },
+  { name: "qase-mcp-server", pkg: "@qase/mcp-server", version: "2.7.0", env: { QASE_API_TOKEN: DUMMY } },
+  {
+    name: "dynatrace-managed-mcp-server",
+    pkg: "@dynatrace-oss/dynatrace-managed-mcp-server",
+    version: "1.1.1",
+    env: {
+      DT_ENVIRONMENT_CONFIGS: JSON.stringify([
+        {
+          apiEndpointUrl: "http://127.0.0.1:9/",
+          environmentId: "dummy",
+          alias: "dummy",
+          apiToken: "dt0s01." + DUMMY,
+        },
+      ]),
+      DT_MCP_DISABLE_TELEMETRY: "true",
+    },
+  },
+  { name: "mem0-mcp-server", pkg: "@mem0/mcp-server", version: "0.0.1", env: { MEM0_API_KEY: DUMMY } },
+  { name: "bnbchain-mcp", pkg: "@bnb-chain/mcp", version: "1.5.1" },
+  { name: "workos-mcp-docs-server", pkg: "@workos/mcp-docs-server", version: "0.2.0" },
+  { name: "cyanheads-git-mcp-server", pkg: "@cyanheads/git-mcp-server", version: "2.15.3" },
+  {
+    name: "karakeep-mcp",
+    pkg: "@karakeep/mcp",
+    version: "0.33.1",
+    env: { KARAKEEP_API_ADDR: "http://127.0.0.1:9", KARAKEEP_API_KEY: DUMMY },
+  },
+  {
+    name: "hevy-mcp",
+    pkg: "hevy-mcp",
+    version: "6.1.13",
+    env: { HEVY_API_KEY: DUMMY, HEVY_MCP_TELEMETRY: "false" },
+  },
+  { name: "leetcode-mcp-server", pkg: "@jinzcdev/leetcode-mcp-server", version: "1.4.0" },
+  { name: "howtocook-mcp", pkg: "howtocook-mcp", version: "0.2.2" },
+  {
+    name: "adobe-commerce-extensibility-tools",
+    pkg: "@adobe-commerce/commerce-extensibility-tools",
+    version: "3.5.0",
+  },
+  {
+    name: "pubmed-mcp-server",
+    pkg: "@cyanheads/pubmed-mcp-server",
+    version: "2.7.4",
+    skip: "npm install fails: its dependency cssomnom@^0.1.11 is not on the registry (E404)",
+  },
+];
+
+type RoundNumber = 1 | 2 | 3 | 4;
 
 interface Round {
   servers: ServerSpec[];
@@ -749,6 +949,7 @@ const ROUNDS: Record<RoundNumber, Round> = {
   1: { servers: SERVERS, outDir: "benign" },
   2: { servers: ROUND_2_SERVERS, outDir: join("round-2", "benign") },
   3: { servers: ROUND_3_SERVERS, outDir: join("round-3", "benign") },
+  4: { servers: ROUND_4_SERVERS, outDir: join("round-4", "benign") },
 };
 
 /** No name or package may be pinned in two rounds (nor twice in one round); checks every round. */
@@ -958,7 +1159,8 @@ function parseRound(a: string | undefined): RoundNumber {
   if (a === "1") return 1;
   if (a === "2") return 2;
   if (a === "3") return 3;
-  throw new Error(`--round takes 1, 2 or 3, not ${a ?? "nothing"}`);
+  if (a === "4") return 4;
+  throw new Error(`--round takes 1, 2, 3 or 4, not ${a ?? "nothing"}`);
 }
 
 function parseArgs(argv: string[]): Options {
