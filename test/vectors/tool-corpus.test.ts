@@ -1,6 +1,7 @@
 // Shape checks for the labelled tool-definition corpus the poisoning scanner is measured on.
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { POISON_CATEGORIES, checkLabel, loadCorpus } from "./tool-corpus/corpus.js";
+import { CORPUS_DIR, POISON_CATEGORIES, checkLabel, loadCorpus } from "./tool-corpus/corpus.js";
 import type { CorpusItem } from "./tool-corpus/corpus.js";
 import { assignHalves, splitCorpus } from "./tool-corpus/split.js";
 
@@ -95,5 +96,31 @@ describe("tool corpus", () => {
     const a = assignHalves(keys);
     const b = assignHalves([...keys].reverse());
     expect([...a].every(([k, v]) => b.get(k) === v)).toBe(true);
+  });
+});
+
+describe("later rounds (round-N/), each held out for one rule version", () => {
+  const rounds = [2, 3, 4].map((n) => ({ n, corpus: loadCorpus(join(CORPUS_DIR, `round-${n}`)) }));
+  const round1Benign = new Set(of("benign").map((i) => i.key));
+
+  it.each(rounds)("round $n loads and has what a measurement needs", ({ corpus: c }) => {
+    const kind = (k: CorpusItem["kind"]) => c.items.filter((i) => i.kind === k);
+    expect(c.snapshots.length).toBeGreaterThanOrEqual(15);
+    expect(kind("benign").length).toBeGreaterThanOrEqual(300);
+    expect(kind("benign-hard").length).toBeGreaterThanOrEqual(30);
+    for (const cat of POISON_CATEGORIES)
+      expect(kind("poisoned").filter((i) => i.category === cat).length, cat).toBeGreaterThanOrEqual(10);
+    // Rug pulls mutate round-1 tools, which the measurement puts in the catalog.
+    for (const it of kind("poisoned").filter((i) => i.label?.mutates !== undefined))
+      expect(round1Benign.has(`benign:${it.label?.mutates ?? ""}`), it.key).toBe(true);
+  });
+
+  it("never repeats a server or a hand-written id across rounds", () => {
+    const servers = [corpus, ...rounds.map((r) => r.corpus)].flatMap((c) => c.snapshots.map((s) => s.package));
+    expect(new Set(servers).size).toBe(servers.length);
+    const ids = [corpus, ...rounds.map((r) => r.corpus)].flatMap((c) =>
+      c.items.filter((i) => i.kind !== "benign").map((i) => i.key),
+    );
+    expect(new Set(ids).size).toBe(ids.length);
   });
 });
