@@ -418,8 +418,10 @@ function compatibilityForms(
   }
   const base = IDENTIFIER_ROLES.has(field.role) ? rule.identifierSeverity : rule.severity;
   // A long run of look-alike letters (a whole phrase in mathematical or fullwidth letters) is
-  // written to slip past word matching: reported at wordSeverity when one is set.
-  const letters = runs.reduce((n, r) => n + r.plain.replace(/[0-9]/g, "").length, 0);
+  // written to slip past word matching: reported at wordSeverity when one is set. The longest
+  // single run counts, not the sum: scattered look-alike letters (a unit symbol here, a
+  // fullwidth digit there) are not a phrase.
+  const letters = runs.reduce((n, r) => Math.max(n, r.plain.replace(/[0-9]/g, "").length), 0);
   const severity =
     rule.wordSeverity !== undefined && letters >= rule.wordMinLetters ? maxOf(base, rule.wordSeverity) : base;
   for (const r of runs.slice(0, cap))
@@ -453,14 +455,15 @@ function charCodeRuns(s: string, minLength: number): Candidate[] {
 }
 
 /**
- * What a list of character codes spells, when every code is printable ASCII (or a tab or newline)
- * and it holds at least `minWords` runs of letters: code needs no spaces to be read.
+ * What a list of character codes spells, when every code is printable ASCII or a line break and
+ * it holds at least `minWords` runs of letters: code needs no spaces to be read.
  */
 function charCodeText(list: string, minWords: number): string | null {
   let text = "";
   for (const n of list.split(",")) {
     const c = Number(n.trim());
-    if (!(c === 9 || c === 10 || c === 13 || (c >= 32 && c < 127))) return null;
+    // The list holds 2-3 digit codes only, so a tab (9) cannot occur.
+    if (!(c === 10 || c === 13 || (c >= 32 && c < 127))) return null;
     text += String.fromCharCode(c);
   }
   return (text.match(/[A-Za-z]{2,}/g) ?? []).length >= minWords ? text : null;
@@ -535,9 +538,12 @@ const reverse = (s: string): string => s.split("").reverse().join("");
 
 /**
  * Sentences of ASCII words that read as words only after `transform` (ROT13, reversal), judged
- * by how many common words appear before and after it: the whole sentence when at least a
- * quarter of its words (and three) turn into common words, or any three consecutive words that
- * all do (one of them four letters or longer) when the sentence is mostly plain text.
+ * by how many common words appear before and after it. A sentence of at least textMinWords
+ * words is reported whole when at least a quarter of its words (and three) turn into common
+ * words and they outnumber the words already common three to one. Whatever the sentence's
+ * length (textMinWords does not apply here), a stretch of it is reported when three or more
+ * consecutive words all turn into common words, one of them four letters or longer: a short
+ * transformed phrase ("vtaber cerivbhf vafgehpgvbaf") inside plain text or on its own.
  */
 function transformCandidates(
   rule: Extract<CompiledRule, { kind: "entropy-blob" }>,
@@ -836,7 +842,6 @@ export function derivedViews(
   const unescape = blobRules.some((r) => r.encoding === "escapes" || r.encoding === "percent");
   for (const f of fields) {
     if (budget < 0) break;
-    if (f.view !== undefined) continue;
     for (const rule of blobRules) {
       if (!applies(rule, f)) continue;
       let n = 0;
@@ -1067,22 +1072,28 @@ function combination(
   out: Finding[],
 ): void {
   // Rules in one sameSignal group count once; the detail still names every rule that reported.
-  const byField = new Map<string, { rules: Set<string>; signals: Set<string>; start: number; end: number }>();
+  const byField = new Map<
+    string,
+    { rules: Set<string>; signals: Set<string>; categories: Set<string>; start: number; end: number }
+  >();
   for (const f of out) {
     if (
       !rule.categories.has(f.category as never) ||
-      SEVERITY_RANK[f.severity] < SEVERITY_RANK[rule.minSeverity]
+      SEVERITY_RANK[f.severity] < SEVERITY_RANK[rule.minSeverity] ||
+      f.span.start < rule.minStart
     )
       continue;
     const key = `${f.target}\u0000${f.path}`;
     const g = byField.get(key) ?? {
       rules: new Set<string>(),
       signals: new Set<string>(),
+      categories: new Set<string>(),
       start: f.span.start,
       end: f.span.end,
     };
     g.rules.add(f.ruleId);
     g.signals.add(rule.signalOf.get(f.ruleId) ?? f.ruleId);
+    g.categories.add(f.category);
     g.start = Math.min(g.start, f.span.start);
     g.end = Math.max(g.end, f.span.end);
     byField.set(key, g);
@@ -1090,8 +1101,17 @@ function combination(
   for (const field of fields) {
     const g = byField.get(`${field.target}\u0000${field.path}`);
     if (g === undefined || g.signals.size < rule.minRules) continue;
+    if (rule.requires.size > 0 && ![...rule.requires].some((c) => g.categories.has(c))) continue;
+    const where = rule.minStart > 0 ? ` (from character ${g.start} of ${field.fullLength})` : "";
     out.push(
-      finding(rule, field, g.start, g.end, rule.severity, `together: ${[...g.rules].sort().join(", ")}`),
+      finding(
+        rule,
+        field,
+        g.start,
+        g.end,
+        rule.severity,
+        `${g.rules.size === 1 ? "buried" : "together"}: ${[...g.rules].sort().join(", ")}${where}`,
+      ),
     );
     byField.delete(`${field.target}\u0000${field.path}`);
   }
@@ -1104,13 +1124,26 @@ export function runRules(rules: readonly CompiledRule[], fields: FieldText[], ct
   const cap = ctx.limits.maxFindingsPerRuleField;
   // Text rules read each field and its derived views; the other kinds read the fields as written.
   const texts = [...fields, ...derivedViews(rules, fields, cap)];
+  // A view keeps its field's path and target: the cap holds per rule and field over all its views.
+  const textRule = (rule: Extract<CompiledRule, { kind: "regex" | "keywords" }>, regexes: RegExp[]): void => {
+    const used = new Map<string, number>();
+    for (const f of texts) {
+      if (!applies(rule, f)) continue;
+      const key = `${f.target}\u0000${f.path}`;
+      const n = used.get(key) ?? 0;
+      if (n >= cap) continue;
+      const before = out.length;
+      runPatterns(rule, regexes, f, cap - n, out);
+      used.set(key, n + out.length - before);
+    }
+  };
   for (const rule of rules) {
     switch (rule.kind) {
       case "regex":
-        for (const f of texts) if (applies(rule, f)) runPatterns(rule, rule.regexes, f, cap, out);
+        textRule(rule, rule.regexes);
         break;
       case "keywords":
-        for (const f of texts) if (applies(rule, f)) runPatterns(rule, [rule.regex], f, cap, out);
+        textRule(rule, [rule.regex]);
         break;
       case "unicode":
         for (const f of fields) {

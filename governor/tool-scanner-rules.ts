@@ -148,6 +148,10 @@ export interface CombinationRuleDef extends RuleBase {
   minSeverity: Severity;
   /** Groups of rule ids that are one signal: reporting together, they count once. */
   sameSignal?: string[][];
+  /** At least one counted finding must be of one of these categories. */
+  requires?: Category[];
+  /** Only findings that start this many characters or more into their field count (0: all). */
+  minStart?: number;
 }
 export type RuleDef =
   | RegexRuleDef
@@ -230,6 +234,8 @@ export type CompiledRule =
       minSeverity: Severity;
       /** Rule id to the id standing for its sameSignal group (rules not in a group map to themselves). */
       signalOf: ReadonlyMap<string, string>;
+      requires: ReadonlySet<Category>;
+      minStart: number;
     });
 
 export interface ScannerRules {
@@ -577,6 +583,14 @@ export function parseScannerRules(input: string | Uint8Array, source = "rules fi
   }
   const validate = rulesFileValidator();
   if (!validate(doc)) {
+    // The schema also refuses settings that do nothing; the settings check says why in words.
+    // On a file too malformed for it, the schema's own message stands.
+    try {
+      if (Array.isArray((doc as { rules?: unknown } | null)?.rules))
+        checkRuleSettings(doc as RulesFile, source);
+    } catch (err) {
+      if (isCmcpError(err)) throw err;
+    }
     const e = validate.errors?.[0];
     const where = e ? describeLocation(doc, e.instancePath) : "";
     throw new CmcpError(
@@ -609,7 +623,90 @@ function wordsAlternation(words: readonly string[]): string {
     .join("|")})`;
 }
 
+/** Length measures that read fields (and so honour `path`); the others measure the whole definition. */
+const FIELD_MEASURES: ReadonlySet<LengthMeasure> = new Set(["chars", "padding-run"]);
+
+/**
+ * Checks that need every rule of the file at once, or settings the schema accepts but the scanner
+ * would ignore: a setting that does nothing is a mistake a reviewer should hear about. Runs before
+ * compiling, over disabled rules too; every fault names its rule.
+ */
+function checkRuleSettings(file: RulesFile, source: string): void {
+  const byId = new Map<string, RuleDef>();
+  for (const def of file.rules) if (!byId.has(def.id)) byId.set(def.id, def);
+  file.rules.forEach((def, index) => {
+    const fail = (msg: string): never => {
+      throw new CmcpError("scanner.rules", `${source}: rule "${def.id}" (rules[${index}]): ${msg}`);
+    };
+    switch (def.kind) {
+      case "unicode":
+        if (def.check !== "compatibility-form") {
+          if (def.wordSeverity !== undefined)
+            fail(`"wordSeverity" only applies to check "compatibility-form", not "${def.check}"`);
+          if (def.wordMinLetters !== undefined)
+            fail(`"wordMinLetters" only applies to check "compatibility-form", not "${def.check}"`);
+        }
+        if (def.wordMinLetters !== undefined && def.wordSeverity === undefined)
+          fail('"wordMinLetters" without "wordSeverity" does nothing');
+        break;
+      case "entropy-blob": {
+        const transform = def.encoding === "rot13" || def.encoding === "reversed";
+        if (transform && def.minEntropy !== undefined)
+          fail(`"minEntropy" does not apply to encoding "${def.encoding}" (it is judged by commonWords)`);
+        if (!transform && def.commonWords !== undefined)
+          fail(`"commonWords" only applies to encodings "rot13" and "reversed", not "${def.encoding}"`);
+        break;
+      }
+      case "length":
+        if (def.path !== undefined && !FIELD_MEASURES.has(def.measure))
+          fail(`"path" is ignored by measure "${def.measure}", which reads the whole definition`);
+        break;
+      case "combination": {
+        if (def.path !== undefined)
+          fail('"path" is ignored by a combination (it reads other rules\' findings)');
+        if (def.minRules < 2 && (def.minStart ?? 0) === 0)
+          fail("minRules 1 needs minStart: otherwise the combination only repeats other rules' findings");
+        for (const c of def.requires ?? [])
+          if (!def.categories.includes(c))
+            fail(`requires category "${c}", which the combination does not count`);
+        const categories = new Set<string>(def.categories);
+        const signalOf = new Map<string, string>();
+        for (const group of def.sameSignal ?? [])
+          for (const id of group) {
+            if (signalOf.has(id)) fail(`rule "${id}" is in two sameSignal groups`);
+            signalOf.set(id, group[0] as string);
+          }
+        for (const group of def.sameSignal ?? [])
+          for (const id of group) {
+            const other = byId.get(id);
+            if (other === undefined) fail(`sameSignal names unknown rule "${id}"`);
+            const o = other as RuleDef;
+            if (o.enabled === false) fail(`sameSignal names disabled rule "${id}"`);
+            if (o.kind === "combination") fail(`sameSignal names combination "${id}"`);
+            if (!categories.has(o.category))
+              fail(
+                `sameSignal names rule "${id}" of category "${o.category}", which this combination does not count`,
+              );
+          }
+        // Distinct signals the enabled rules of these categories can ever give.
+        const signals = new Set<string>();
+        for (const r of file.rules)
+          if (r.enabled !== false && r.kind !== "combination" && categories.has(r.category))
+            signals.add(signalOf.get(r.id) ?? r.id);
+        if (signals.size < def.minRules)
+          fail(
+            `minRules ${def.minRules} can never be reached: the counted categories give ${signals.size} distinct signal${signals.size === 1 ? "" : "s"} (sameSignal groups count once)`,
+          );
+        break;
+      }
+      default:
+        break;
+    }
+  });
+}
+
 function compileRules(file: RulesFile, source: string): ScannerRules {
+  checkRuleSettings(file, source);
   const vocab = new Map<string, string>();
   for (const [name, v] of Object.entries(file.vocabulary ?? {})) {
     vocab.set(name, "words" in v ? wordsAlternation(v.words) : `(?:${v.pattern})`);
@@ -760,6 +857,8 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
           minRules: def.minRules,
           minSeverity: def.minSeverity,
           signalOf,
+          requires: new Set(def.requires ?? []),
+          minStart: def.minStart ?? 0,
         });
         break;
       }

@@ -350,12 +350,29 @@ function nextLiteral(s: string, end: number): number {
   return t?.literal === true ? k : -1;
 }
 
+/**
+ * The one escape tokenizer the run finder, the run decoder and the unescaped view share: the token
+ * at `i` and where the next one may start (past the ", " between 0xHH literals), or null.
+ */
+function escapeStep(s: string, i: number, percent: boolean): (EscapeToken & { next: number }) | null {
+  const t = escapeAt(s, i, percent);
+  if (t === null) return null;
+  const lit = t.literal === true ? nextLiteral(s, t.end) : -1;
+  return { ...t, next: lit >= 0 ? lit : t.end };
+}
+
+/** Feeds one token to a decoder, mapped to its own span [start, token end). */
+function decodeToken(d: EscapeDecoder, t: EscapeToken, start: number): void {
+  if (t.byte !== undefined) d.byte(t.byte, start, t.end);
+  else d.text(String.fromCodePoint(t.cp as number), start, t.end);
+}
+
 /** Maximal runs of at least minTokens consecutive escape tokens (\x, \u, \u{}, octal, &#), as [start, end). */
 export function escapeRuns(s: string, minTokens: number): { start: number; end: number; tokens: number }[] {
   const out: { start: number; end: number; tokens: number }[] = [];
   let i = 0;
   while (i < s.length) {
-    let t = escapeAt(s, i, false);
+    let t = escapeStep(s, i, false);
     if (t === null) {
       i++;
       continue;
@@ -364,10 +381,8 @@ export function escapeRuns(s: string, minTokens: number): { start: number; end: 
     let tokens = 0;
     while (t !== null) {
       tokens++;
-      i = t.end;
-      const next = t.literal === true ? nextLiteral(s, i) : -1;
-      if (next >= 0) i = next;
-      t = escapeAt(s, i, false);
+      i = t.next;
+      t = escapeStep(s, i, false);
     }
     if (tokens >= minTokens) out.push({ start, end: i, tokens });
   }
@@ -379,13 +394,10 @@ export function decodeEscapes(run: string): Uint8Array | null {
   const d = new EscapeDecoder();
   let i = 0;
   while (i < run.length) {
-    const t = escapeAt(run, i, false);
+    const t = escapeStep(run, i, false);
     if (t === null) return null;
-    if (t.byte !== undefined) d.byte(t.byte, i, t.end);
-    else d.text(String.fromCodePoint(t.cp as number), i, t.end);
-    i = t.end;
-    const next = t.literal === true ? nextLiteral(run, i) : -1;
-    if (next >= 0) i = next;
+    decodeToken(d, t, i);
+    i = t.next;
   }
   d.flush();
   return Uint8Array.from(Buffer.from(d.out.join(""), "utf8"));
@@ -408,7 +420,7 @@ export function unescapeView(s: string, minTokens: number): TextView | null {
   let tokens = 0;
   let i = 0;
   while (i < s.length) {
-    const t = escapeAt(s, i, true);
+    const t = escapeStep(s, i, true);
     if (t === null) {
       const cp = s.codePointAt(i) as number;
       const ch = String.fromCodePoint(cp);
@@ -417,11 +429,8 @@ export function unescapeView(s: string, minTokens: number): TextView | null {
       continue;
     }
     tokens++;
-    if (t.byte !== undefined) d.byte(t.byte, i, t.end);
-    else d.text(String.fromCodePoint(t.cp as number), i, t.end);
-    i = t.end;
-    const next = t.literal === true ? nextLiteral(s, i) : -1;
-    if (next >= 0) i = next;
+    decodeToken(d, t, i);
+    i = t.next;
   }
   d.flush();
   if (tokens < minTokens) return null;

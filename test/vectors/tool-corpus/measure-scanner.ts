@@ -7,7 +7,8 @@
 // Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
 // of this (round 1) corpus is tuning data (--half all); held-out figures come from round 2 (round-2/),
 // written blind to the rules and measured whole with --round 2. Rules 1.2.0 were tuned on both rounds;
-// their held-out figures come from round 3, measured once.
+// their held-out figures come from round 3, measured once. Rules 1.3.0 were tuned on rounds 1, 2 and 3;
+// only a later round, measured once, gives held-out figures for them.
 //
 // Counting: a poisoned item is detected "at expected severity" when some finding in its category (or a
 // category in its `also` list) has at least its severity_expected (high, or medium); "any severity" counts
