@@ -2,7 +2,7 @@
 // on all of it: detection per poisoned category and false positives on benign snapshots and hard negatives.
 //
 //   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --half tune|holdout|all [--json] [--list] [--no-catalog] [--rules FILE]
-//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --round 2|3 [--json] [--list] ...
+//   node --import tsx test/vectors/tool-corpus/measure-scanner.ts --round 2|3|4 [--json] [--list] ...
 //
 // Rules 1.0.0 were tuned on --half tune and measured once on --half holdout. Since rules 1.1.0 the whole
 // of this (round 1) corpus is tuning data (--half all); held-out figures come from round 2 (round-2/),
@@ -206,7 +206,8 @@ const pctRate = (r: number): string => `${(100 * r).toFixed(1).padStart(5)}%`;
 /** What each later round is to the rule versions (see README.md). */
 const ROUNDS = {
   2: "round 2 (held out for 1.1.0; tuning data since 1.2.0)",
-  3: "round 3 (held out for 1.2.0)",
+  3: "round 3 (held out for 1.2.0; tuning data since 1.3.0)",
+  4: "round 4 (held out for 1.3.0)",
 } as const;
 export type LaterRound = keyof typeof ROUNDS;
 
@@ -289,8 +290,8 @@ async function main(argv: string[]): Promise<number> {
     const a = argv[i];
     if (a === "--round") {
       const v = argv[++i];
-      if (v !== "2" && v !== "3") break;
-      round = v === "2" ? 2 : 3;
+      if (v !== "2" && v !== "3" && v !== "4") break;
+      round = Number(v) as LaterRound;
       half = "all";
     } else if (a === "--half") {
       const v = argv[++i];
@@ -307,7 +308,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (half === undefined) {
     process.stderr.write(
-      "usage: measure-scanner.ts --half tune|holdout|all | --round 2|3   [--json] [--list] [--no-catalog] [--rules FILE]\n",
+      "usage: measure-scanner.ts --half tune|holdout|all | --round 2|3|4   [--json] [--list] [--no-catalog] [--rules FILE]\n",
     );
     return 2;
   }
