@@ -7,6 +7,7 @@
  */
 import {
   SEVERITY_RANK,
+  type Category,
   type CompiledRule,
   type CompiledWindow,
   type FieldRole,
@@ -1074,7 +1075,7 @@ function combination(
   // Rules in one sameSignal group count once; the detail still names every rule that reported.
   const byField = new Map<
     string,
-    { rules: Set<string>; signals: Set<string>; categories: Set<string>; start: number; end: number }
+    { rules: Set<string>; signals: Set<string>; required: boolean; start: number; end: number }
   >();
   for (const f of out) {
     if (
@@ -1083,25 +1084,25 @@ function combination(
       f.span.start < rule.minStart
     )
       continue;
-    const key = `${f.target}\u0000${f.path}`;
+    const key = fieldKey(f);
     const g = byField.get(key) ?? {
       rules: new Set<string>(),
       signals: new Set<string>(),
-      categories: new Set<string>(),
+      required: rule.requires.size === 0,
       start: f.span.start,
       end: f.span.end,
     };
     g.rules.add(f.ruleId);
     g.signals.add(rule.signalOf.get(f.ruleId) ?? f.ruleId);
-    g.categories.add(f.category);
+    g.required ||= rule.requires.has(f.category as Category);
     g.start = Math.min(g.start, f.span.start);
     g.end = Math.max(g.end, f.span.end);
     byField.set(key, g);
   }
   for (const field of fields) {
-    const g = byField.get(`${field.target}\u0000${field.path}`);
-    if (g === undefined || g.signals.size < rule.minRules) continue;
-    if (rule.requires.size > 0 && ![...rule.requires].some((c) => g.categories.has(c))) continue;
+    const key = fieldKey(field);
+    const g = byField.get(key);
+    if (g === undefined || g.signals.size < rule.minRules || !g.required) continue;
     const where = rule.minStart > 0 ? ` (from character ${g.start} of ${field.fullLength})` : "";
     out.push(
       finding(
@@ -1113,8 +1114,13 @@ function combination(
         `${g.rules.size === 1 ? "buried" : "together"}: ${[...g.rules].sort().join(", ")}${where}`,
       ),
     );
-    byField.delete(`${field.target}\u0000${field.path}`);
+    byField.delete(key);
   }
+}
+
+/** One field and its derived views share this key (a view keeps its field's target and path). */
+function fieldKey(f: { target: string; path: string }): string {
+  return `${f.target}\u0000${f.path}`;
 }
 
 // ---- dispatch ------------------------------------------------------------------------------------
@@ -1129,7 +1135,7 @@ export function runRules(rules: readonly CompiledRule[], fields: FieldText[], ct
     const used = new Map<string, number>();
     for (const f of texts) {
       if (!applies(rule, f)) continue;
-      const key = `${f.target}\u0000${f.path}`;
+      const key = fieldKey(f);
       const n = used.get(key) ?? 0;
       if (n >= cap) continue;
       const before = out.length;

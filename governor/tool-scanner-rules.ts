@@ -842,14 +842,10 @@ function compileRules(file: RulesFile, source: string): ScannerRules {
         });
         break;
       case "combination": {
+        // checkRuleSettings has refused an id in two groups.
         const signalOf = new Map<string, string>();
-        for (const group of def.sameSignal ?? []) {
-          const first = group[0] as string;
-          for (const id of group) {
-            if (signalOf.has(id)) fail(`rule "${id}" is in two sameSignal groups`);
-            signalOf.set(id, first);
-          }
-        }
+        for (const group of def.sameSignal ?? [])
+          for (const id of group) signalOf.set(id, group[0] as string);
         rules.push({
           ...base,
           kind: "combination",
