@@ -537,36 +537,26 @@ function resolveCollisions(servers: CatalogServer[], findings: CatalogFinding[])
         const who = owners.get(name) ?? [];
         if (who.length < 2) return true;
         const alias = `${s.name}.${name}`;
-        const at = kind === "tool" ? name : null;
-        const item = kind === "tool" ? {} : { item: { kind, key: name } };
-        if (/^[A-Za-z0-9_.-]{1,128}$/.test(alias) && !taken.has(alias)) {
+        const aliased = /^[A-Za-z0-9_.-]{1,128}$/.test(alias) && !taken.has(alias);
+        if (aliased) {
           taken.add(alias);
           e.alias = alias;
-          findings.push({
-            ...catalogFinding(
-              s.name,
-              at,
-              "catalog.name-collision",
-              "medium",
-              `${kind === "tool" ? "Tool" : "Prompt"} name offered by several servers`,
-              `Servers ${[s.name, ...who.filter((n) => n !== s.name)].join(", ")} all offer a ${kind} named ${JSON.stringify(name)}. A name is bound to one server, so agents will see this one as "${alias}". Change the alias if another name suits better.`,
-            ),
-            ...item,
-          });
-          return true;
         }
+        const others = who.filter((n) => n !== s.name).join(", ");
         findings.push({
           ...catalogFinding(
             s.name,
-            at,
+            kind === "tool" ? name : null,
             "catalog.name-collision",
-            "high",
+            aliased ? "medium" : "high",
             `${kind === "tool" ? "Tool" : "Prompt"} name offered by several servers`,
-            `Server(s) ${who.filter((n) => n !== s.name).join(", ")} also offer a ${kind} named ${JSON.stringify(name)}, and "${alias}" cannot serve as an alias (not a valid name, or already taken), so this ${kind} was left out of the catalog.`,
+            aliased
+              ? `Servers ${s.name}, ${others} all offer a ${kind} named ${JSON.stringify(name)}. A name is bound to one server, so agents will see this one as "${alias}". Change the alias if another name suits better.`
+              : `Server(s) ${others} also offer a ${kind} named ${JSON.stringify(name)}, and "${alias}" cannot serve as an alias (not a valid name, or already taken), so this ${kind} was left out of the catalog.`,
           ),
-          ...item,
+          ...(kind === "tool" ? {} : { item: { kind, key: name } }),
         });
-        return false;
+        return aliased;
       };
       if (kind === "tool") s.tools = s.tools.filter((t) => keep(t, t.tool.name));
       else s.prompts = s.prompts.filter((p) => keep(p, p.prompt.name));

@@ -420,7 +420,8 @@ export function validateCatalog(
   return catalog;
 }
 
-const LIST_FIELD = {
+/** The member of a catalog server (and of a catalog_observed report) listing each kind. */
+export const LIST_FIELD = {
   tool: "tools",
   resource: "resources",
   resource_template: "resource_templates",

@@ -15,7 +15,7 @@ import type { EnforcementMode } from "../artifacts/trace-claim.js";
 import type { Bodies, Handlers, ListedKind, RuntimeConfig } from "./boundary.js";
 import type { GatewayConfig } from "./config.js";
 import { AdminServer } from "./admin-server.js";
-import type { DefinitionKind } from "./catalog.js";
+import { KINDS, LIST_FIELD, type DefinitionKind } from "./catalog.js";
 import { CatalogGuard, type DriftEvent, type LiveLists } from "./catalog-guard.js";
 import { ApprovalQueue, type ApprovalSettlement, type PendingView } from "./approval-queue.js";
 import { artifactExpired, loadSealedPolicy, type SealedPolicy } from "./sealed-policy.js";
@@ -312,17 +312,8 @@ export class Gateway {
     req: Bodies["catalog_observed"]["req"],
   ): Promise<NonNullable<Bodies["catalog_observed"]["rep"]["expose"]>> {
     const live: LiveLists = {};
-    for (const k of req.listed) {
-      const kind =
-        k === "tools"
-          ? "tool"
-          : k === "prompts"
-            ? "prompt"
-            : k === "resources"
-              ? "resource"
-              : "resource_template";
-      live[kind] = req[k] ?? [];
-    }
+    for (const kind of KINDS)
+      if (req.listed.includes(LIST_FIELD[kind])) live[kind] = req[LIST_FIELD[kind]] ?? [];
     const items = await this.guard!.observe(req.server, req.session, live);
     const session = req.session === undefined ? undefined : this.#sessions.get(req.session);
     const out = [];
