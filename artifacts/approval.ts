@@ -41,25 +41,22 @@ export interface ApprovalStatement extends ApprovalBinding {
 const hash = { type: "string", pattern: "^[0-9a-f]{64}$" } as const;
 const label = { type: "string", minLength: 1, maxLength: 1024 } as const;
 
+/** What a statement binds: the schema requires them, and checks compare exactly these. */
+const BINDING_FIELDS = [
+  "approval_id",
+  "session",
+  "request_id",
+  "server",
+  "target",
+  "method",
+  "arguments_hash",
+] as const satisfies readonly (keyof ApprovalBinding)[];
+
 const ajv = new Ajv2020({ strict: true, strictRequired: false });
 export const validateApprovalStatement = ajv.compile<ApprovalStatement>({
   type: "object",
   additionalProperties: false,
-  required: [
-    "format",
-    "decision",
-    "approval_id",
-    "session",
-    "request_id",
-    "server",
-    "target",
-    "method",
-    "arguments_hash",
-    "reason",
-    "expires",
-    "approver",
-    "sig",
-  ],
+  required: ["format", "decision", ...BINDING_FIELDS, "reason", "expires", "approver", "sig"],
   properties: {
     format: { const: APPROVAL_FORMAT },
     decision: { enum: ["approve", "deny"] },
@@ -103,30 +100,27 @@ export function signApproval(
 export type ApprovalCheck =
   { ok: true; statement: ApprovalStatement; approver: string } | { ok: false; reason: string };
 
-const BINDING_FIELDS = [
-  "approval_id",
-  "session",
-  "request_id",
-  "server",
-  "target",
-  "method",
-  "arguments_hash",
-] as const satisfies readonly (keyof ApprovalBinding)[];
-
 /**
- * The statement's signature under the key it embeds, whose ID must be its
- * kid. Whether that key may approve is the caller's question. Never throws.
+ * What is wrong with the statement's signature: its embedded key is not its
+ * kid ("kid"), or the signature does not verify under it ("signature"); null
+ * when both hold. Whether that key may approve is the caller's question.
+ * Never throws.
  */
-export function verifyApprovalSignature(s: ApprovalStatement): boolean {
+export function approvalSignatureProblem(s: ApprovalStatement): "kid" | "signature" | null {
+  let publicKey: Uint8Array;
+  try {
+    publicKey = fromBase64(s.approver.public_key, 32);
+  } catch {
+    return "kid";
+  }
+  if (keyId(publicKey) !== s.approver.kid) return "kid";
   try {
     const { sig, ...unsigned } = s;
-    const publicKey = fromBase64(s.approver.public_key, 32);
-    return (
-      keyId(publicKey) === s.approver.kid &&
-      verifySignature(publicKey, approvalSigningBytes(unsigned), fromBase64(sig, 64))
-    );
+    return verifySignature(publicKey, approvalSigningBytes(unsigned), fromBase64(sig, 64))
+      ? null
+      : "signature";
   } catch {
-    return false;
+    return "signature";
   }
 }
 
@@ -165,7 +159,7 @@ export function checkApproval(
   const approver = approvers.get(s.approver.kid);
   if (!approver)
     return { ok: false, reason: `key ${s.approver.kid.slice(0, 16)}… is not a configured approver` };
-  if (toBase64(approver.publicKey) !== s.approver.public_key || !verifyApprovalSignature(s))
+  if (toBase64(approver.publicKey) !== s.approver.public_key || approvalSignatureProblem(s) !== null)
     return { ok: false, reason: "the signature does not verify against the configured approver key" };
   const differs = bindingDifference(s, binding);
   if (differs) return { ok: false, reason: `the statement is for another call (${differs} differs)` };

@@ -120,7 +120,8 @@ export class ApprovalQueue {
     if (!e) throw new CmcpError("approval.unknown", `no pending approval ${approvalId.slice(0, 32)}`);
     if (e.settled) throw new CmcpError("approval.settled", `approval ${approvalId} was already settled`);
     // Checked as of a moment later: the approval receipt is stamped after this, and the verifier requires
-    // the statement to be unexpired at that stamp.
+    // the statement to be unexpired at that stamp. A margin, not a guarantee: an append slower than it
+    // records a receipt the verifier rejects (which fails closed, as evidence of a late answer).
     const asOf = new Date(this.#now().getTime() + EXPIRY_MARGIN_MS);
     const check = checkApproval(statement, e.view.binding, this.#opts.approvers, asOf);
     if (!check.ok) throw new CmcpError("approval.refused", check.reason);

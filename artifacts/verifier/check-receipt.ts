@@ -10,7 +10,7 @@ import {
   approvalExpiry,
   bindingDifference,
   validateApprovalStatement,
-  verifyApprovalSignature,
+  approvalSignatureProblem,
 } from "../approval.js";
 import { canonicalBytes } from "../canonical-json.js";
 import { fromBase64 } from "../encoding.js";
@@ -203,14 +203,10 @@ export function checkApprovalReceipt(r: Receipt): ApprovalFact {
     );
   }
   const s = statement;
-  let kidMatches = false;
-  try {
-    kidMatches = keyId(fromBase64(s.approver.public_key, 32)) === s.approver.kid;
-  } catch {
-    // Not canonical base64: reported as a kid mismatch below.
-  }
-  if (!kidMatches) return fail(`the statement's public key is not its kid ${s.approver.kid.slice(0, 16)}…`);
-  if (!verifyApprovalSignature(s))
+  const problem = approvalSignatureProblem(s);
+  if (problem === "kid")
+    return fail(`the statement's public key is not its kid ${s.approver.kid.slice(0, 16)}…`);
+  if (problem === "signature")
     return fail(`the statement's signature does not verify under its key ${s.approver.kid.slice(0, 16)}…`);
   if (s.decision !== decision)
     return fail(`the receipt records "${decision}" but the signed statement says "${s.decision}"`);
